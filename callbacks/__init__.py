@@ -1,0 +1,1 @@
+"""Lightning callbacks of lit_align (installed as lit_align.callbacks)."""

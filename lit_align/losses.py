@@ -1,0 +1,578 @@
+"""Pure losses and advantages: SFT, the policy-gradient family, KL estimators, group advantages.
+
+Everything takes tensors and masks and returns ``(value, metrics)`` with detached metrics.
+Shapes: B = sequences in the micro-batch, T = response positions, G = group size, N = B·groups.
+
+The policy-gradient family is one function, :func:`policy_loss`, built from three parts:
+
+1. per-token surrogate (:func:`compute_per_token_policy_loss`), chosen by ``loss_type``:
+   ``no_baseline`` / ``reinforce_with_baseline`` (−A·log p), ``grpo_clip`` (PPO-style clipped ratio,
+   Shao et al. 2024), ``grpo_no_clip`` (unclipped ratio·A), ``gspo`` (sequence-level ratio,
+   Zheng et al. 2025), with asymmetric clipping ``cliprange_low``/``cliprange_high`` (DAPO's
+   clip-higher, Yu et al. 2025);
+2. optional truncated importance-sampling weights between trainer and rollout-engine log-probs
+   (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training")
+   and a KL penalty to a reference policy with estimator k1/k2/k3 (Schulman 2020);
+3. length aggregation (:func:`aggregate_loss`): ``seq_mean_token_mean`` (GRPO),
+   ``token_mean`` (DAPO), ``seq_mean_token_sum_norm`` (Dr. GRPO, Liu et al. 2025).
+
+The seed functions (``compute_naive_policy_gradient_loss``, ``compute_grpo_clip_loss``,
+``compute_policy_gradient_loss``, ``grpo_microbatch_train_step``) are thin special cases of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor
+
+from lit_align.ops import masked_mean, masked_normalize
+
+__all__ = [
+    "Aggregation",
+    "BaselineType",
+    "KLEstimator",
+    "LossType",
+    "aggregate_loss",
+    "compute_group_normalized_rewards",
+    "compute_grpo_clip_loss",
+    "compute_naive_policy_gradient_loss",
+    "compute_per_token_policy_loss",
+    "compute_policy_gradient_loss",
+    "group_advantages",
+    "grpo_microbatch_train_step",
+    "kl_penalty",
+    "policy_loss",
+    "sft_loss",
+    "sft_microbatch_train_step",
+]
+
+LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip", "gspo"]
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+BaselineType = Literal["mean", "leave_one_out"]
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; accepted values: {', '.join(choices)}")
+
+
+def _check_same_shape(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
+    if tensor.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(tensor.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def group_advantages(
+    raw_rewards: Tensor,
+    group_size: int,
+    advantage_eps: float = 1e-6,
+    normalize_by_std: bool = True,
+    baseline: BaselineType = "mean",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Advantages of rewards laid out in contiguous groups of ``group_size``.
+
+    ``mean``: A = r − mean(group); ``leave_one_out`` (RLOO, Ahmadian et al. 2024):
+    A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean). With ``normalize_by_std`` either is divided
+    by (unbiased group std + ``advantage_eps``).
+
+    Args:
+        raw_rewards: (N,) rewards, N divisible by ``group_size``.
+        group_size: G, responses per prompt.
+        advantage_eps: added to the std so zero-variance groups give 0, not NaN.
+        normalize_by_std: divide by the group's standard deviation.
+        baseline: ``"mean"`` or ``"leave_one_out"``.
+
+    Returns:
+        (advantages (N,), metrics) where metrics hold the group reward std mean and the fraction of
+        groups whose rewards have zero variance (GRPO learns nothing from those).
+    """
+    _check_choice("baseline", baseline, get_args(BaselineType))
+    if raw_rewards.dim() != 1:
+        raise ValueError(f"raw_rewards must be 1-D (N,), got shape {tuple(raw_rewards.shape)}")
+    if group_size < 1 or raw_rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"group_size must divide the number of rewards: {raw_rewards.numel()} rewards, "
+            f"group_size={group_size}"
+        )
+    if baseline == "leave_one_out" and group_size < 2:
+        raise ValueError("baseline='leave_one_out' needs group_size >= 2")
+    grouped = raw_rewards.float().view(-1, group_size)  # (N/G, G)
+    mean = grouped.mean(dim=1, keepdim=True)
+    centered = grouped - mean
+    if baseline == "leave_one_out":
+        centered = centered * (group_size / (group_size - 1))
+    # Unbiased std (torch default); a single-sample group has no spread, so use 0 instead of NaN.
+    std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+    if normalize_by_std:
+        denom = std + advantage_eps
+        # A zero-variance group is all zeros after centering; keep it 0 even when eps = 0.
+        adv = torch.where(denom > 0, centered / denom.clamp(min=torch.finfo(denom.dtype).tiny), 0.0)
+    else:
+        adv = centered
+    metrics = {
+        "reward_std_in_group": std.mean().detach(),
+        "zero_variance_group_frac": (std.squeeze(1) == 0).float().mean().detach(),
+    }
+    return adv.reshape(-1), metrics
+
+
+def compute_group_normalized_rewards(
+    reward_fn: Callable[[str, Any], dict[str, float]],
+    rollout_responses: Sequence[str],
+    repeated_ground_truths: Sequence[Any],
+    group_size: int,
+    advantage_eps: float,
+    normalize_by_std: bool,
+    baseline: BaselineType = "mean",
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Score each response with ``reward_fn`` and normalize the rewards within their groups.
+
+    Args:
+        reward_fn: ``reward_fn(response, ground_truth) -> {"reward", "format_reward", "answer_reward"}``.
+        rollout_responses: N responses; prompt i's G responses are contiguous.
+        repeated_ground_truths: N ground truths, each repeated G times.
+        group_size: G.
+        advantage_eps: added to the group std.
+        normalize_by_std: divide centered rewards by the group std.
+        baseline: ``"mean"`` (GRPO) or ``"leave_one_out"`` (RLOO).
+
+    Returns:
+        (advantages (N,), raw_rewards (N,), metadata) with the mean/std/min/max reward, the mean of
+        every reward component and the zero-variance group fraction.
+    """
+    if len(rollout_responses) != len(repeated_ground_truths):
+        raise ValueError(
+            f"rollout_responses ({len(rollout_responses)}) and repeated_ground_truths "
+            f"({len(repeated_ground_truths)}) must have the same length"
+        )
+    scores = [
+        reward_fn(r, g) for r, g in zip(rollout_responses, repeated_ground_truths, strict=True)
+    ]
+    raw = torch.tensor([float(s["reward"]) for s in scores], dtype=torch.float32)
+    advantages, group_metrics = group_advantages(
+        raw, group_size, advantage_eps, normalize_by_std, baseline
+    )
+    metadata: dict[str, float] = {
+        "reward_mean": raw.mean().item(),
+        "reward_std": raw.std().item() if raw.numel() > 1 else 0.0,
+        "reward_min": raw.min().item(),
+        "reward_max": raw.max().item(),
+        **{k: v.item() for k, v in group_metrics.items()},
+    }
+    for key in sorted(scores[0]) if scores else []:
+        if key != "reward":
+            metadata[f"{key}_mean"] = sum(float(s[key]) for s in scores) / len(scores)
+    return advantages, raw, metadata
+
+
+# --------------------------------------------------------------------------- per-token surrogates
+
+
+@dataclass(frozen=True)
+class _SurrogateSpec:
+    """How a loss type builds its per-token surrogate."""
+
+    weights: Literal["raw_rewards", "advantages"]
+    ratio: Literal["none", "token", "sequence"]
+    clip: bool
+
+
+_SURROGATES: dict[str, _SurrogateSpec] = {
+    "no_baseline": _SurrogateSpec("raw_rewards", "none", clip=False),
+    "reinforce_with_baseline": _SurrogateSpec("advantages", "none", clip=False),
+    "grpo_clip": _SurrogateSpec("advantages", "token", clip=True),
+    "grpo_no_clip": _SurrogateSpec("advantages", "token", clip=False),
+    "gspo": _SurrogateSpec("advantages", "sequence", clip=True),
+}
+
+
+def _as_column(name: str, weights: Tensor, batch: int) -> Tensor:
+    """Accept (B,) or (B, 1) per-sequence weights; return (B, 1)."""
+    if weights.dim() == 1:
+        weights = weights.unsqueeze(-1)
+    if weights.shape != (batch, 1):
+        raise ValueError(
+            f"{name} must have shape ({batch}, 1) or ({batch},), got {tuple(weights.shape)}"
+        )
+    return weights
+
+
+def compute_per_token_policy_loss(
+    policy_log_probs: Tensor,
+    loss_type: LossType,
+    raw_rewards: Tensor | None = None,
+    advantages: Tensor | None = None,
+    old_log_probs: Tensor | None = None,
+    cliprange: float | None = None,
+    cliprange_high: float | None = None,
+    response_mask: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token policy-gradient loss of one of the :data:`LossType` surrogates.
+
+    Args:
+        policy_log_probs: (B, T) log-probs of the sampled tokens under the policy being trained.
+        loss_type: one of ``no_baseline``, ``reinforce_with_baseline``, ``grpo_clip``,
+            ``grpo_no_clip``, ``gspo``.
+        raw_rewards: (B, 1) or (B,), needed by ``no_baseline``.
+        advantages: (B, 1) or (B,), needed by every other loss type.
+        old_log_probs: (B, T) log-probs under the policy that sampled (ratio-based types).
+        cliprange: ε (or ε_low when ``cliprange_high`` is given) for the clipped types.
+        cliprange_high: ε_high for asymmetric clipping (DAPO clip-higher); defaults to ``cliprange``.
+        response_mask: (B, T), needed by ``gspo`` to average the log-ratio over response tokens.
+
+    Returns:
+        (loss (B, T), metadata) with, for ratio types, ``ratio`` (B, T) and bool masks ``clipped``,
+        ``clipped_low`` and ``clipped_high`` (B, T) marking tokens where the clipped branch won.
+    """
+    _check_choice("loss_type", loss_type, list(_SURROGATES))
+    spec = _SURROGATES[loss_type]
+    batch = policy_log_probs.shape[0]
+    weights = raw_rewards if spec.weights == "raw_rewards" else advantages
+    if weights is None:
+        raise ValueError(f"loss_type={loss_type!r} needs `{spec.weights}`; it was not given")
+    weights = _as_column(spec.weights, weights, batch).to(policy_log_probs.dtype)  # (B, 1)
+
+    if spec.ratio == "none":
+        return -weights * policy_log_probs, {}
+
+    if old_log_probs is None:
+        raise ValueError(f"loss_type={loss_type!r} needs `old_log_probs`; it was not given")
+    _check_same_shape("old_log_probs", old_log_probs, "policy_log_probs", policy_log_probs)
+    log_ratio = policy_log_probs - old_log_probs  # (B, T)
+    if spec.ratio == "sequence":
+        if response_mask is None:
+            raise ValueError("loss_type='gspo' needs `response_mask` for its sequence-level ratio")
+        _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+        # GSPO: s_i = exp(mean_t log-ratio), one ratio per sequence, broadcast over tokens.
+        log_ratio = masked_mean(log_ratio, response_mask, dim=-1).unsqueeze(-1).expand_as(log_ratio)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    unclipped = ratio * weights
+    meta: dict[str, Tensor] = {"ratio": ratio.detach()}
+    if not spec.clip:
+        return -unclipped, meta
+    if cliprange is None:
+        raise ValueError(f"loss_type={loss_type!r} needs `cliprange`; it was not given")
+    low, high = cliprange, cliprange if cliprange_high is None else cliprange_high
+    clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * weights
+    loss = -torch.minimum(unclipped, clipped)
+    took_clip = (clipped < unclipped).detach()
+    meta["clipped"] = took_clip
+    meta["clipped_low"] = took_clip & (ratio.detach() < 1.0 - low)
+    meta["clipped_high"] = took_clip & (ratio.detach() > 1.0 + high)
+    return loss, meta
+
+
+def compute_naive_policy_gradient_loss(
+    raw_rewards_or_advantages: Tensor, policy_log_probs: Tensor
+) -> Tensor:
+    """Per-token −A·log p. (B, 1) weights, (B, T) log-probs → (B, T) loss."""
+    loss, _ = compute_per_token_policy_loss(
+        policy_log_probs, "reinforce_with_baseline", advantages=raw_rewards_or_advantages
+    )
+    return loss
+
+
+def compute_grpo_clip_loss(
+    advantages: Tensor, policy_log_probs: Tensor, old_log_probs: Tensor, cliprange: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token −min(ratio·A, clip(ratio, 1−ε, 1+ε)·A), ratio = exp(log p − log p_old)."""
+    return compute_per_token_policy_loss(
+        policy_log_probs,
+        "grpo_clip",
+        advantages=advantages,
+        old_log_probs=old_log_probs,
+        cliprange=cliprange,
+    )
+
+
+def compute_policy_gradient_loss(
+    policy_log_probs: Tensor,
+    loss_type: LossType,
+    raw_rewards: Tensor | None = None,
+    advantages: Tensor | None = None,
+    old_log_probs: Tensor | None = None,
+    cliprange: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Seed-compatible dispatch over the per-token loss types; returns ((B, T) loss, metadata)."""
+    return compute_per_token_policy_loss(
+        policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs, cliprange
+    )
+
+
+# --------------------------------------------------------------------------- KL and aggregation
+
+
+def _kl_k1(log_ratio: Tensor) -> Tensor:
+    return log_ratio
+
+
+def _kl_k2(log_ratio: Tensor) -> Tensor:
+    return 0.5 * log_ratio.square()
+
+
+def _kl_k3(log_ratio: Tensor) -> Tensor:
+    # exp(ref − logp) − (ref − logp) − 1, with log_ratio = logp − ref; ≥ 0 and unbiased.
+    return torch.exp(-log_ratio) + log_ratio - 1.0
+
+
+_KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _kl_k1, "k2": _kl_k2, "k3": _kl_k3}
+
+
+def kl_penalty(
+    policy_log_probs: Tensor, ref_log_probs: Tensor, estimator: KLEstimator = "k3"
+) -> Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from sampled-token log-probs (Schulman's k1/k2/k3)."""
+    _check_choice("kl_estimator", estimator, list(_KL_ESTIMATORS))
+    _check_same_shape("ref_log_probs", ref_log_probs, "policy_log_probs", policy_log_probs)
+    return _KL_ESTIMATORS[estimator](policy_log_probs - ref_log_probs)
+
+
+def _agg_seq_mean_token_mean(
+    loss: Tensor, mask: Tensor, constant: float, tokens: float | None
+) -> Tensor:
+    return masked_mean(loss, mask, dim=-1).mean()
+
+
+def _agg_token_mean(loss: Tensor, mask: Tensor, constant: float, tokens: float | None) -> Tensor:
+    if tokens is None:
+        return masked_mean(loss, mask)
+    return masked_normalize(loss, mask, tokens)
+
+
+def _agg_seq_mean_token_sum_norm(
+    loss: Tensor, mask: Tensor, constant: float, tokens: float | None
+) -> Tensor:
+    return masked_normalize(loss, mask, constant, dim=-1).mean()
+
+
+_AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, float, float | None], Tensor]] = {
+    "seq_mean_token_mean": _agg_seq_mean_token_mean,
+    "token_mean": _agg_token_mean,
+    "seq_mean_token_sum_norm": _agg_seq_mean_token_sum_norm,
+}
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    response_mask: Tensor,
+    aggregation: Aggregation = "seq_mean_token_mean",
+    normalize_constant: float = 1.0,
+    token_normalizer: float | None = None,
+) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar.
+
+    Args:
+        per_token_loss: (B, T).
+        response_mask: (B, T) 0/1.
+        aggregation: ``seq_mean_token_mean`` (mean over each sequence's tokens, then over
+            sequences), ``token_mean`` (mean over all tokens of the batch) or
+            ``seq_mean_token_sum_norm`` (each sequence's token sum ÷ ``normalize_constant``, then
+            mean over sequences).
+        normalize_constant: the constant of ``seq_mean_token_sum_norm`` (e.g. max new tokens).
+        token_normalizer: for ``token_mean`` under gradient accumulation: divide the token sum by
+            this number instead of the micro-batch's own token count. Pass (tokens in the whole
+            accumulation window) / (accumulation steps) to get DAPO's exact per-batch token mean.
+    """
+    _check_choice("aggregation", aggregation, list(_AGGREGATIONS))
+    _check_same_shape("response_mask", response_mask, "per_token_loss", per_token_loss)
+    return _AGGREGATIONS[aggregation](
+        per_token_loss, response_mask, normalize_constant, token_normalizer
+    )
+
+
+# --------------------------------------------------------------------------- composable loss
+
+
+def policy_loss(
+    policy_log_probs: Tensor,
+    response_mask: Tensor,
+    loss_type: LossType = "grpo_clip",
+    *,
+    raw_rewards: Tensor | None = None,
+    advantages: Tensor | None = None,
+    old_log_probs: Tensor | None = None,
+    cliprange: float | None = 0.2,
+    cliprange_high: float | None = None,
+    ref_log_probs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    rollout_log_probs: Tensor | None = None,
+    tis_cap: float | None = None,
+    aggregation: Aggregation = "seq_mean_token_mean",
+    normalize_constant: float = 1.0,
+    token_normalizer: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The whole policy-gradient family in one function.
+
+    per-token loss = w_tis · surrogate(loss_type) + β · KL_est(π ‖ π_ref), then aggregated.
+
+    Args:
+        policy_log_probs: (B, T) log-probs of the sampled tokens (with grad).
+        response_mask: (B, T) 0/1, 1 on response tokens that count.
+        loss_type: the surrogate (see :func:`compute_per_token_policy_loss`).
+        raw_rewards: (B, 1) or (B,), for ``no_baseline``.
+        advantages: (B, 1) or (B,), for the other types.
+        old_log_probs: (B, T), for ratio-based types (and the TIS numerator when given).
+        cliprange: ε, or ε_low with ``cliprange_high``.
+        cliprange_high: ε_high for clip-higher; ``None`` means symmetric.
+        ref_log_probs: (B, T) reference-policy log-probs, needed when ``kl_coef > 0``.
+        kl_coef: β; 0 disables the KL term (and no reference model is needed).
+        kl_estimator: ``k1``, ``k2`` or ``k3``.
+        rollout_log_probs: (B, T) the rollout engine's log-probs, needed when ``tis_cap`` is set.
+        tis_cap: C of truncated importance sampling: each token's surrogate is weighted by
+            min(exp(log p_old − log p_rollout), C), detached; log p_old is ``old_log_probs`` when
+            given, else the detached policy log-probs (on-policy).
+        aggregation: see :func:`aggregate_loss`.
+        normalize_constant: for ``seq_mean_token_sum_norm``.
+        token_normalizer: for ``token_mean`` across micro-batches (see :func:`aggregate_loss`).
+
+    Returns:
+        (scalar loss, metrics): ``pg_loss``, ``kl`` (masked mean), ``clip_frac``,
+        ``clip_frac_low``, ``clip_frac_high``, ``ratio_min``/``ratio_mean``/``ratio_max`` (masked),
+        ``tis_weight_mean`` — all detached; ratio/clip metrics only for ratio-based types.
+    """
+    _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+    per_token, meta = compute_per_token_policy_loss(
+        policy_log_probs,
+        loss_type,
+        raw_rewards,
+        advantages,
+        old_log_probs,
+        cliprange,
+        cliprange_high,
+        response_mask,
+    )
+    mask = response_mask.to(policy_log_probs.dtype)
+    metrics: dict[str, Tensor] = {}
+
+    if tis_cap is not None:
+        if rollout_log_probs is None:
+            raise ValueError("tis_cap is set but `rollout_log_probs` was not given")
+        _check_same_shape(
+            "rollout_log_probs", rollout_log_probs, "policy_log_probs", policy_log_probs
+        )
+        behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
+        tis_w = torch.exp(behaviour.detach() - rollout_log_probs).clamp(max=tis_cap)
+        per_token = per_token * tis_w
+        metrics["tis_weight_mean"] = masked_mean(tis_w, mask).detach()
+
+    metrics["pg_loss"] = aggregate_loss(
+        per_token, mask, aggregation, normalize_constant, token_normalizer
+    ).detach()
+    if kl_coef != 0.0 and ref_log_probs is None:
+        raise ValueError(f"kl_coef={kl_coef} needs `ref_log_probs`; it was not given")
+    if ref_log_probs is not None:
+        kl = kl_penalty(policy_log_probs, ref_log_probs, kl_estimator)
+        if kl_coef != 0.0:
+            per_token = per_token + kl_coef * kl
+        metrics["kl"] = masked_mean(kl, mask).detach()
+
+    if "ratio" in meta:
+        ratio = meta["ratio"]
+        big = torch.finfo(ratio.dtype).max
+        has = mask.sum() > 0
+        metrics["ratio_mean"] = masked_mean(ratio, mask).detach()
+        metrics["ratio_min"] = (
+            torch.where(mask > 0, ratio, big).min() if has else ratio.new_tensor(1.0)
+        )
+        metrics["ratio_max"] = (
+            torch.where(mask > 0, ratio, -big).max() if has else ratio.new_tensor(1.0)
+        )
+        for key in ("clipped", "clipped_low", "clipped_high"):
+            if key in meta:
+                name = "clip_frac" + key.removeprefix("clipped")
+                metrics[name] = masked_mean(meta[key].to(mask.dtype), mask).detach()
+
+    loss = aggregate_loss(per_token, mask, aggregation, normalize_constant, token_normalizer)
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------- SFT
+
+
+def sft_loss(
+    policy_log_probs: Tensor,
+    response_mask: Tensor,
+    aggregation: Literal["token_mean", "sum_norm"] = "token_mean",
+    normalize_constant: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Masked negative log-likelihood.
+
+    ``token_mean``: mean NLL over every response token of the batch. ``sum_norm`` (the seed's):
+    mean over sequences of (−sum of masked log-probs ÷ ``normalize_constant``).
+    """
+    _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+    if aggregation == "token_mean":
+        loss = -masked_mean(policy_log_probs, response_mask)
+    elif aggregation == "sum_norm":
+        loss = -masked_normalize(policy_log_probs, response_mask, normalize_constant, dim=-1).mean()
+    else:
+        raise ValueError(
+            f"unknown aggregation {aggregation!r}; accepted values: token_mean, sum_norm"
+        )
+    tokens = response_mask.sum()
+    return loss, {"nll": loss.detach(), "response_tokens": tokens.detach().float()}
+
+
+def sft_microbatch_train_step(
+    policy_log_probs: Tensor,
+    response_mask: Tensor,
+    gradient_accumulation_steps: int,
+    normalize_constant: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One SFT micro-batch: seed loss ÷ ``gradient_accumulation_steps``, then ``backward()``.
+
+    loss = mean over the batch of (−sum of masked log-probs ÷ ``normalize_constant``) ÷ steps.
+    """
+    if gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
+        )
+    loss, metrics = sft_loss(policy_log_probs, response_mask, "sum_norm", normalize_constant)
+    loss = loss / gradient_accumulation_steps
+    loss.backward()
+    return loss, metrics
+
+
+def grpo_microbatch_train_step(
+    policy_log_probs: Tensor,
+    response_mask: Tensor,
+    gradient_accumulation_steps: int,
+    loss_type: LossType,
+    raw_rewards: Tensor | None = None,
+    advantages: Tensor | None = None,
+    old_log_probs: Tensor | None = None,
+    cliprange: float | None = None,
+    **loss_options: Any,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One GRPO micro-batch: per-token loss → masked mean per sequence → batch mean → ÷ steps → backward.
+
+    Extra keyword arguments (``cliprange_high``, ``kl_coef`` with ``ref_log_probs``,
+    ``aggregation``, …) go to :func:`policy_loss`.
+    """
+    if gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
+        )
+    loss, metrics = policy_loss(
+        policy_log_probs,
+        response_mask,
+        loss_type,
+        raw_rewards=raw_rewards,
+        advantages=advantages,
+        old_log_probs=old_log_probs,
+        cliprange=cliprange,
+        **loss_options,
+    )
+    loss = loss / gradient_accumulation_steps
+    loss.backward()
+    return loss, metrics

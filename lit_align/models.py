@@ -1,0 +1,220 @@
+"""Load causal LMs and tokenizers; build tiny offline models for tests and CPU demos.
+
+``load_model_and_tokenizer`` reads a hub id or a local directory. ``build_tiny_model`` makes a
+small Qwen2-architecture model with a byte-level BPE tokenizer trained in code on a fixed corpus,
+so tests and demos never download anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "load_model_and_tokenizer",
+    "resolve_attn_implementation",
+    "resolve_dtype",
+    "save_tiny_model",
+]
+
+AttnImpl = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+# ChatML, the format of Qwen2 instruct models; `add_generation_prompt` opens an assistant turn.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map ``"bfloat16"``/``"bf16"``/… to a torch dtype; ``"auto"`` stays (the checkpoint's dtype)."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; accepted values: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_attn_implementation(attn_implementation: AttnImpl = "auto") -> str:
+    """``auto`` → ``flash_attention_2`` when flash-attn is importable and CUDA is present, else ``sdpa``."""
+    choices = ("auto", "flash_attention_2", "sdpa", "eager")
+    if attn_implementation not in choices:
+        raise ValueError(
+            f"unknown attn_implementation {attn_implementation!r}; accepted values: {', '.join(choices)}"
+        )
+    if attn_implementation != "auto":
+        return attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: AttnImpl = "auto",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+    padding_side: Literal["left", "right"] = "right",
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from the Hugging Face hub or a local directory.
+
+    Args:
+        name_or_path: hub id (``Qwen/Qwen2.5-Math-1.5B``) or local directory.
+        dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16``, ``float32`` or a torch dtype.
+        attn_implementation: ``auto`` picks flash_attention_2 when flash-attn and CUDA are present,
+            else sdpa.
+        gradient_checkpointing: recompute activations in backward (non-reentrant); the model is
+            put in train mode, since HF disables checkpointing in eval mode.
+        trust_remote_code: run modeling code shipped with the checkpoint. Only when you trust it.
+        device: where to put the model; ``None`` leaves it on the CPU (Lightning moves it).
+        padding_side: tokenizer padding side (right for training; the engines pad themselves).
+
+    Returns:
+        (model, tokenizer); the tokenizer always has a pad token (eos when it had none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code, padding_side=padding_side
+    )
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        str(name_or_path),
+        dtype=resolve_dtype(dtype),
+        attn_implementation=resolve_attn_implementation(attn_implementation),
+        trust_remote_code=trust_remote_code,
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        model.train()
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- tiny models
+
+# Training text for the tiny tokenizer: the prompt templates' words, tags and arithmetic.
+_TINY_CORPUS = [
+    "A conversation between User and Assistant. The User asks a question, and the Assistant "
+    "solves it. The Assistant first thinks about the reasoning process in the mind and then "
+    "provides the User with the answer. The reasoning process is enclosed within <think> </think> "
+    "and answer is enclosed within <answer> </answer> tags, respectively, i.e., <think> reasoning "
+    "process here </think> <answer> answer here </answer>.",
+    "User: What is 12 + 35? Assistant: <think> 12 + 35 = 47 </think> <answer> 47 </answer>",
+    "<reasoning> add the numbers </reasoning> <answer> 9 </answer> \\boxed{9} \\frac{1}{2}",
+    "Respond in the following format: <reasoning> ... </reasoning> <answer> ... </answer>",
+    "the of and to a in is it that for on with as was he she they we you plus minus times sum",
+    "Compute Find What How many Calculate Solve Let If then total each more less than",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) , . ? ! : ; ' \" $ % ^ _ { } [ ] \\ # @ & | < >",
+]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_tokenizer(vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained in code (deterministic), with pad/eos and a chat template.
+
+    Digits are split one per token (as Qwen does), so arithmetic is learnable by tiny models; any
+    text round-trips through encode/decode because the byte-level alphabet covers every byte.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        padding_side="right",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def build_tiny_model(
+    tokenizer: Any | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """A small Qwen2-architecture causal LM (≈100k parameters by default) and its tokenizer.
+
+    Returns:
+        (model in float32, tokenizer). Weights are deterministic given ``seed``.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_tiny_model(path: str | Path, **kwargs: Any) -> Path:
+    """Build a tiny model (see :func:`build_tiny_model`) and ``save_pretrained`` it with its tokenizer."""
+    path = Path(path)
+    model, tokenizer = build_tiny_model(**kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,58 @@
+"""Shared fixtures: offline mode and tiny models built in code (no download anywhere)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without CUDA and `vllm` tests without vLLM, with a reason."""
+    import importlib.util
+
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    no_vllm = pytest.mark.skip(
+        reason="needs vLLM installed (pip install 'lit-align[vllm]') and a GPU"
+    )
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "vllm" in item.keywords and importlib.util.find_spec("vllm") is None:
+            item.add_marker(no_vllm)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from lit_align.models import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A tiny Qwen2 saved with save_pretrained, to be loaded with from_pretrained offline."""
+    from lit_align.models import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_qwen2")
+    model, tok = build_tiny_model(tokenizer=tiny_tokenizer)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    from lit_align.models import build_tiny_model
+
+    model, _ = build_tiny_model(tokenizer=tiny_tokenizer)
+    return model

@@ -1,0 +1,75 @@
+"""packaging: every Python package folder of the repo ships in the built wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _repo_packages() -> set[str]:
+    """Installed module names of every folder holding an __init__.py (tests excluded)."""
+    names = set()
+    for init in ROOT.rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts[0] in {"tests", "build"} or any(p.startswith(".") for p in rel.parts):
+            continue
+        parts = ("lit_align", *rel.parts) if rel.parts[0] == "callbacks" else rel.parts
+        names.add(".".join(parts))
+    return names
+
+
+def test_every_package_folder_is_in_the_wheel(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0 and "No module named" in proc.stderr:
+        pytest.skip(f"cannot build here: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("lit_align-*.whl")
+    shipped = {
+        str(Path(n).parent).replace("/", ".")
+        for n in zipfile.ZipFile(wheel).namelist()
+        if n.endswith("__init__.py")
+    }
+    expected = _repo_packages()
+    assert "lit_align.callbacks" in expected
+    assert expected <= shipped, (
+        f"missing from the wheel: {sorted(expected - shipped)}; add them to pyproject.toml"
+    )
+    assert any(n.endswith("lit_align/py.typed") for n in zipfile.ZipFile(wheel).namelist())
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_align.cli", "--version"], capture_output=True, text=True
+    )
+    from lit_align import __version__
+
+    assert proc.returncode == 0 and proc.stdout.strip() == __version__
+
+
+def test_import_does_not_pull_optional_heavy_dependencies():
+    code = "import sys, lit_align, lit_align.ops, lit_align.losses, lit_align.models; print(sorted(m for m in ('vllm', 'flash_attn', 'lightning') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
