@@ -1,0 +1,89 @@
+"""Grading worker process: reads JSON tasks on stdin, writes one JSON result per task on stdout.
+
+Started by :class:`lit_align.rewards.sandbox.GradingPool` as ``python -m lit_align.rewards._worker``.
+It runs under a memory limit, never calls sympy's ``parse_expr`` (an ``eval``), and only parses
+LaTeX through math-verify's grammar-based parser. The parent kills it when an answer runs past
+the time limit.
+
+Protocol: the worker prints ``{"ready": true}`` once imported, then for each input line
+``{"i": id, "a": answer, "g": gold}`` prints ``{"i": id, "r": true|false}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+
+
+def _limit_resources() -> None:
+    import resource
+
+    mb = int(os.environ.get("LIT_ALIGN_GRADER_MEMORY_MB", "2048"))
+    if mb > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (mb * 2**20, mb * 2**20))
+    # Nothing here writes files: a write past 0 bytes fails instead of landing on disk.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+_NUMERIC_LITERAL = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*")
+
+
+def _numbers_only(real_parse_expr):
+    """Wrap sympy's ``parse_expr`` (which ``eval``s) so only plain numeric literals reach it.
+
+    latex2sympy turns NUMBER tokens into ``sympy.Number(text)``, which goes through
+    ``sympify`` → ``parse_expr``; nothing else on the LaTeX path needs it.
+    """
+
+    def guarded(expr, *args, **kwargs):
+        if isinstance(expr, str) and _NUMERIC_LITERAL.fullmatch(expr):
+            return real_parse_expr(expr, *args, **kwargs)
+        raise RuntimeError("parse_expr refused non-numeric text in the grading sandbox")
+
+    return guarded
+
+
+def _load_verifier():
+    logging.disable(logging.WARNING)  # math-verify warns once that its own timeout is off
+    import sympy.parsing.sympy_parser as sympy_parser
+    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify import parser as mv_parser
+
+    # Defence in depth: only numeric literals may reach sympy's eval-based parser.
+    guarded = _numbers_only(sympy_parser.parse_expr)
+    sympy_parser.parse_expr = guarded
+    mv_parser.parse_expr = guarded
+    config = [LatexExtractionConfig(boxed_match_priority=0)]
+
+    def check(answer: str, gold: str) -> bool:
+        gold_parsed = parse("\\boxed{" + gold + "}", config, parsing_timeout=None)
+        answer_parsed = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
+        if not gold_parsed or not answer_parsed:
+            return False
+        return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
+
+    return check
+
+
+def main() -> None:
+    check = _load_verifier()
+    _limit_resources()  # after the imports, which may write bytecode caches
+    out = sys.stdout
+    out.write('{"ready": true}\n')
+    out.flush()
+    for line in sys.stdin:
+        task = json.loads(line)
+        try:
+            result = check(task["a"], task["g"])
+        except (Exception, RecursionError, MemoryError):
+            result = False
+        out.write(json.dumps({"i": task["i"], "r": result}) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
