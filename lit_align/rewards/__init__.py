@@ -1,1 +1,35 @@
-"""lit_align.rewards."""
+"""Graders and reward evaluators (pure Python and torch; no Lightning).
+
+- :func:`grade` / :func:`grade_many`: math equivalence, sandboxed and time-bounded.
+- :func:`r1_zero_reward_fn`, :func:`question_only_reward_fn`: SPEC §3 reward dicts.
+- :class:`MathEvaluator`, :class:`GSM8kEvaluator`, :class:`JudgeEvaluator`: (N, F) components.
+"""
+
+from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
+from lit_align.rewards.formats import (
+    question_only_reward_fn,
+    question_only_rewards,
+    r1_zero_reward_fn,
+    r1_zero_rewards,
+)
+from lit_align.rewards.grader import grade, grade_many
+from lit_align.rewards.judge import JudgeEvaluator, LocalJudge, OpenAIChatJudge, parse_scores
+from lit_align.rewards.sandbox import GradingPool, get_pool
+
+__all__ = [
+    "GSM8kEvaluator",
+    "GradingPool",
+    "JudgeEvaluator",
+    "LocalJudge",
+    "MathEvaluator",
+    "OpenAIChatJudge",
+    "RewardEvaluator",
+    "get_pool",
+    "grade",
+    "grade_many",
+    "parse_scores",
+    "question_only_reward_fn",
+    "question_only_rewards",
+    "r1_zero_reward_fn",
+    "r1_zero_rewards",
+]

@@ -49,24 +49,58 @@ def _numbers_only(real_parse_expr):
 
 def _load_verifier():
     logging.disable(logging.WARNING)  # math-verify warns once that its own timeout is off
+    import contextlib
+
     import sympy.parsing.sympy_parser as sympy_parser
     from math_verify import LatexExtractionConfig, parse, verify
     from math_verify import parser as mv_parser
 
-    # Defence in depth: only numeric literals may reach sympy's eval-based parser.
-    guarded = _numbers_only(sympy_parser.parse_expr)
-    sympy_parser.parse_expr = guarded
-    mv_parser.parse_expr = guarded
+    real_parse_expr = sympy_parser.parse_expr
+    guarded = _numbers_only(real_parse_expr)
+
+    @contextlib.contextmanager
+    def model_text_guard():
+        # While model text is parsed, only numeric literals may reach sympy's eval-based parser.
+        # (verify() later works on sympy objects; sympy's own lazy imports need the real one.)
+        sympy_parser.parse_expr = mv_parser.parse_expr = guarded
+        try:
+            yield
+        finally:
+            sympy_parser.parse_expr = mv_parser.parse_expr = real_parse_expr
+
     config = [LatexExtractionConfig(boxed_match_priority=0)]
 
     def check(answer: str, gold: str) -> bool:
-        gold_parsed = parse("\\boxed{" + gold + "}", config, parsing_timeout=None)
-        answer_parsed = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
+        with model_text_guard():
+            gold_parsed = parse("\\boxed{" + gold + "}", config, parsing_timeout=None)
+            answer_parsed = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
         if not gold_parsed or not answer_parsed:
+            return False
+        if _clearly_different_constants(gold_parsed[0], answer_parsed[0]):
             return False
         return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
 
     return check
+
+
+def _clearly_different_constants(a: object, b: object) -> bool:
+    """True when both are numeric constant expressions whose values differ by far more than
+    math-verify's rounding tolerance; skips sympy's costly simplification for most wrong answers.
+    Anything else (symbols, sets, relations, matrices, evaluation trouble) returns False.
+    """
+    import sympy
+
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False
+    if a.free_symbols or b.free_symbols:
+        return False
+    try:
+        va, vb = complex(a.evalf(30)), complex(b.evalf(30))
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    if not all(map(lambda z: abs(z) < 1e15 and z == z, (va, vb))):
+        return False
+    return abs(va - vb) > 1e-3 * max(1.0, abs(vb))
 
 
 def main() -> None:

@@ -17,6 +17,11 @@ __all__ = ["GroundTruth", "grade", "grade_many"]
 GroundTruth = str | int | float | Sequence[str | int | float]
 
 
+# Sandbox verdicts by (normalized answer, normalized gold): GRPO groups repeat answers often.
+_VERDICT_CACHE_SIZE = 65_536
+_VERDICTS: dict[tuple[str, str], bool] = {}
+
+
 def _golds(ground_truth: GroundTruth) -> list[str]:
     if isinstance(ground_truth, (str, int, float)):
         return [str(ground_truth)]
@@ -74,10 +79,14 @@ def grade_many(
             if decided is None:
                 slow.append((idx, prepared, gold_norm))
     slow = [s for s in slow if not results[s[0]]]
-    if slow:
-        verdicts = (pool or get_pool()).verify_many([(a, g) for _, a, g in slow])
-        for (idx, _, _), ok in zip(slow, verdicts, strict=True):
-            results[idx] = results[idx] or ok
+    unknown = list(dict.fromkeys((a, g) for _, a, g in slow if (a, g) not in _VERDICTS))
+    if unknown:
+        verdicts = (pool or get_pool()).verify_many(unknown)
+        if len(_VERDICTS) + len(unknown) > _VERDICT_CACHE_SIZE:
+            _VERDICTS.clear()
+        _VERDICTS.update(zip(unknown, verdicts, strict=True))
+    for idx, a, g in slow:
+        results[idx] = results[idx] or _VERDICTS.get((a, g), False)
     return results
 
 

@@ -89,7 +89,12 @@ class GradingPool:
         return _Worker(proc=proc, since=time.monotonic())
 
     def _ensure_workers(self) -> None:
-        self._workers = [w for w in self._workers if w.proc.poll() is None]
+        alive = [w for w in self._workers if w.proc.poll() is None]
+        for dead in (w for w in self._workers if w not in alive):  # died between calls
+            self._kill(dead)
+            self.stats["crashes"] += 1
+            self.stats["restarts"] += 1
+        self._workers = alive
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
 
@@ -223,10 +228,17 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def get_pool() -> GradingPool:
-    """The process-wide pool, created on first use and again in a forked child."""
+    """The process-wide pool, created on first use and again in a forked child.
+
+    ``LIT_ALIGN_GRADER_WORKERS`` (default min(2, CPUs)) and ``LIT_ALIGN_GRADER_TIMEOUT_S``
+    (default 5) set its size and per-answer time limit.
+    """
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL._pid != os.getpid():
             # In a forked child the inherited pool's pipes belong to the parent: leave them alone.
-            _POOL = GradingPool()
+            _POOL = GradingPool(
+                num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
+                timeout_s=float(os.environ.get("LIT_ALIGN_GRADER_TIMEOUT_S", "5")),
+            )
         return _POOL

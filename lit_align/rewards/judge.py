@@ -1,0 +1,360 @@
+"""LLM-as-a-judge rewards for creative writing (story from an opening line).
+
+A judge model rates each story 1–5 on a few criteria (creativity, coherence, engagement by
+default). Replies are parsed robustly (JSON, "Creativity: 4", "4/5", "**4**", "four"); an
+unparseable reply gets ``fallback_score`` and is counted. GRPO learns only from groups whose
+scores differ, so the judge's discrimination is measured too: score histogram, mean within-group
+standard deviation and the fraction of zero-variance groups.
+
+Backends: :class:`OpenAIChatJudge` (any OpenAI-compatible ``/chat/completions`` endpoint, API key
+read from an environment variable at request time, never stored or logged) and
+:class:`LocalJudge` (any ``generate(prompts) -> texts`` callable, e.g. a rollout engine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from lit_align.rewards.evaluators import RewardEvaluator
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_RUBRIC",
+    "JudgeBackend",
+    "JudgeEvaluator",
+    "LocalJudge",
+    "OpenAIChatJudge",
+    "discrimination_metrics",
+    "parse_scores",
+]
+
+DEFAULT_RUBRIC = """You are a demanding literary critic. A writer was given an opening line and wrote a \
+one-paragraph story that starts with it. Rate the story from {low} (poor) to {high} (excellent) on \
+each criterion: {criteria}. Use the whole scale: most stories are neither {low} nor {high}.
+
+Opening line: {opening_line}
+
+Story:
+{story}
+
+Reply with JSON only, for example {example}"""
+
+_WORDS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
+_NUM = r"(\d+(?:\.\d+)?|" + "|".join(_WORDS) + r")"
+
+
+def _to_float(token: str) -> float:
+    token = token.lower()
+    return float(_WORDS[token]) if token in _WORDS else float(token)
+
+
+def _from_json(text: str, criteria: Sequence[str]) -> dict[str, float] | None:
+    for match in re.finditer(r"\{[^{}]*\}", text):
+        try:
+            obj = json.loads(match.group(0))
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        found = {c: lowered[c] for c in criteria if c in lowered}
+        if not found:
+            overall = next(
+                (lowered[k] for k in ("score", "overall", "rating") if k in lowered), None
+            )
+            if overall is not None:
+                found = dict.fromkeys(criteria, overall)
+        try:
+            return {c: _to_float(str(v)) for c, v in found.items()} or None
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def _overall(text: str) -> float | None:
+    patterns = (
+        r"(?:score|rating|overall)\s*[:=]?\s*\**\s*" + _NUM,  # "Score: 4", "Rating = four"
+        _NUM + r"\s*/\s*(?:5|10)\b",  # "4/5"
+        r"\*\*\s*" + _NUM + r"\s*\*\*",  # "**4**"
+        r"^\s*" + _NUM + r"\s*\.?\s*$",  # a bare "4" or "four"
+    )
+    for pattern in patterns:
+        match = re.search(pattern, text, flags=re.IGNORECASE | re.MULTILINE)
+        if match:
+            return _to_float(match.group(1))
+    return None
+
+
+def parse_scores(
+    text: str | None, criteria: Sequence[str], low: float = 1.0, high: float = 5.0
+) -> dict[str, float] | None:
+    """Scores per criterion from a judge reply, or None when it cannot be parsed.
+
+    Tries JSON first, then ``criterion: N`` lines, then one overall score (``Score: 4``, ``4/5``,
+    ``**4**``, ``four``) applied to every criterion. Values outside [low, high] are rejected.
+    """
+    if not text:
+        return None
+    text = text[:20_000]
+    scores = _from_json(text, criteria) or {}
+    for criterion in criteria:
+        if criterion not in scores:
+            match = re.search(re.escape(criterion) + r"\W{0,12}?" + _NUM, text, flags=re.IGNORECASE)
+            if match:
+                scores[criterion] = _to_float(match.group(1))
+    if len(scores) < len(criteria):
+        overall = _overall(text)
+        if overall is None:
+            return None
+        scores = {c: scores.get(c, overall) for c in criteria}
+    if any(not (low <= v <= high) for v in scores.values()):
+        return None
+    return scores
+
+
+class JudgeBackend(Protocol):
+    """Anything that answers a batch of judge prompts (None for a failed request)."""
+
+    def complete(self, prompts: Sequence[str]) -> list[str | None]: ...
+
+
+class LocalJudge:
+    """A judge backed by a local ``generate(prompts) -> texts`` callable (HF or vLLM engine)."""
+
+    def __init__(self, generate: Callable[[list[str]], list[str]]) -> None:
+        self.generate = generate
+
+    def complete(self, prompts: Sequence[str]) -> list[str | None]:
+        return list(self.generate(list(prompts)))
+
+
+class OpenAIChatJudge:
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM ``serve``, llama.cpp, …).
+
+    Args:
+        base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
+        model: the judge model name.
+        api_key_env: name of the environment variable holding the API key (read per request;
+            the key is never stored in the config, logged or saved). ``None`` sends no key.
+        max_concurrency: requests in flight at once.
+        max_retries: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
+        timeout_s: per-request timeout.
+        backoff_s: first retry delay; doubles each retry (with jitter).
+        temperature: judge sampling temperature.
+        max_tokens: judge reply budget.
+        system_prompt: optional system message.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        max_retries: int = 3,
+        timeout_s: float = 60.0,
+        backoff_s: float = 1.0,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        system_prompt: str | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.system_prompt = system_prompt
+        self.stats = {"requests": 0, "retries": 0, "failures": 0}
+        if api_key_env and not os.environ.get(api_key_env):
+            log.warning(
+                "judge: environment variable %s is not set; requests carry no API key", api_key_env
+            )
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _request(self, prompt: str) -> str | None:
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": messages,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
+        for attempt in range(self.max_retries + 1):
+            self.stats["requests"] += 1
+            request = urllib.request.Request(
+                self.url, data=body, headers=self._headers(), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    reply = json.loads(response.read())
+                return str(reply["choices"][0]["message"]["content"])
+            except urllib.error.HTTPError as err:
+                retryable = err.code == 429 or err.code >= 500 or err.code == 408
+                log.warning("judge: HTTP %d from %s (attempt %d)", err.code, self.url, attempt + 1)
+                if not retryable:
+                    break
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                OSError,
+                ValueError,
+                KeyError,
+                IndexError,
+            ) as err:
+                log.warning(
+                    "judge: %s from %s (attempt %d)", type(err).__name__, self.url, attempt + 1
+                )
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+        self.stats["failures"] += 1
+        return None
+
+    def complete(self, prompts: Sequence[str]) -> list[str | None]:
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            return list(pool.map(self._request, prompts))
+
+
+def discrimination_metrics(
+    scores: Tensor, group_size: int | None, low: float = 1.0, high: float = 5.0
+) -> dict[str, float]:
+    """How well a judge separates samples: counts of rounded scores from ``low`` to ``high`` and,
+    per group of ``group_size`` consecutive samples, the mean standard deviation and the fraction
+    of groups whose scores are all equal (GRPO learns nothing from those).
+    """
+    rounded = scores.round()
+    metrics = {
+        f"judge_hist_{v}": float((rounded == v).sum().item())
+        for v in range(int(low), int(high) + 1)
+    }
+    if group_size and group_size > 1 and scores.numel() and scores.numel() % group_size == 0:
+        std = scores.view(-1, group_size).std(dim=1)
+        metrics["judge_within_group_std"] = std.mean().item()
+        metrics["judge_zero_variance_group_frac"] = (std == 0).float().mean().item()
+    return metrics
+
+
+class JudgeEvaluator(RewardEvaluator):
+    """Rewards from an LLM judge; the reward is the mean of the criteria scores.
+
+    Args:
+        backend: an :class:`OpenAIChatJudge`, a :class:`LocalJudge` or any :class:`JudgeBackend`.
+        criteria: names of the scored criteria (the reward components).
+        rubric: the judge prompt; ``{opening_line}``, ``{story}``, ``{criteria}``, ``{low}``,
+            ``{high}`` and ``{example}`` are filled in.
+        low: lowest score.
+        high: highest score.
+        fallback_score: given to every criterion of an unparseable reply or failed request (the
+            event is counted in ``judge_unparseable``); the scale's middle by default, so a broken
+            reply neither rewards nor punishes the sample much.
+        group_size: samples per prompt, for the within-group discrimination metrics.
+    """
+
+    def __init__(
+        self,
+        backend: JudgeBackend,
+        criteria: Sequence[str] = ("creativity", "coherence", "engagement"),
+        rubric: str = DEFAULT_RUBRIC,
+        low: float = 1.0,
+        high: float = 5.0,
+        fallback_score: float | None = None,
+        group_size: int | None = None,
+    ) -> None:
+        if not criteria:
+            raise ValueError("criteria must name at least one criterion")
+        if low >= high:
+            raise ValueError(f"low ({low}) must be below high ({high})")
+        self.backend = backend
+        self.criteria = tuple(c.lower() for c in criteria)
+        self.component_names = self.criteria
+        self.total_weights = tuple(1.0 / len(self.criteria) for _ in self.criteria)
+        self.rubric = rubric
+        self.low, self.high = low, high
+        self.fallback_score = (low + high) / 2 if fallback_score is None else fallback_score
+        self.group_size = group_size
+        self.unparseable_total = 0
+        self._last_unparseable = 0
+
+    def judge_prompt(self, opening_line: str, story: str) -> str:
+        example = json.dumps({c: int(self.low + self.high) // 2 for c in self.criteria})
+        return self.rubric.format(
+            opening_line=opening_line,
+            story=story,
+            criteria=", ".join(self.criteria),
+            low=int(self.low) if float(self.low).is_integer() else self.low,
+            high=int(self.high) if float(self.high).is_integer() else self.high,
+            example=example,
+        )
+
+    def score(
+        self, prompts: Sequence[Any], completions: Sequence[str], answers: Sequence[Any]
+    ) -> Tensor:
+        opening_lines = [
+            a if isinstance(a, str) and a else str(p) for p, a in zip(prompts, answers, strict=True)
+        ]
+        replies = self.backend.complete(
+            [self.judge_prompt(o, s) for o, s in zip(opening_lines, completions, strict=True)]
+        )
+        rows, unparseable = [], 0
+        for reply in replies:
+            parsed = parse_scores(reply, self.criteria, self.low, self.high)
+            if parsed is None:
+                unparseable += 1
+                parsed = dict.fromkeys(self.criteria, self.fallback_score)
+            rows.append([parsed[c] for c in self.criteria])
+        self._last_unparseable = unparseable
+        self.unparseable_total += unparseable
+        if unparseable:
+            log.warning(
+                "judge: %d of %d replies unparseable; scored %s",
+                unparseable,
+                len(replies),
+                self.fallback_score,
+            )
+        return torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.criteria))
+
+    def extra_metrics(self, scores: Tensor) -> dict[str, float]:
+        metrics = discrimination_metrics(self.total(scores), self.group_size, self.low, self.high)
+        metrics["judge_unparseable"] = float(self._last_unparseable)
+        return metrics

@@ -1,0 +1,158 @@
+"""The grading sandbox: adversarial answers return False fast and execute nothing, from any thread
+or process; stuck or dead workers are replaced and counted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lit_align.rewards import GradingPool, grade, grade_many
+from lit_align.rewards.formats import r1_zero_reward_fn
+
+
+def _adversarial(marker: str) -> list[str]:
+    touch = f"__import__('os').system('touch {marker}')"
+    return [
+        touch,
+        f"\\boxed{{{touch}}}",
+        f"eval(compile('open(\"{marker}\", \"w\")', 'x', 'exec'))",
+        f"\\text{{{touch}}}",
+        f"x = {touch}",
+        "9**9**9**9",
+        "10^{10^{10^{10}}}",
+        "2^{2^{2^{2^{2^{2^{30}}}}}}",
+        "7" * 1_000_000,
+        "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
+        "{" * 5000,
+        "\x00\x00\x00",
+        "\\frac{1}{\x00}",
+    ]
+
+
+def test_adversarial_answers_score_zero_fast_and_execute_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    for answer in _adversarial(str(marker)):
+        start = time.monotonic()
+        assert grade(answer, "1") is False
+        assert time.monotonic() - start < 10, answer[:60]
+        reward = r1_zero_reward_fn(f"x </think> <answer> {answer} </answer>", "1")
+        assert reward["reward"] == 0.0
+    assert not marker.exists()
+
+
+def test_adversarial_answers_from_worker_threads(tmp_path):
+    marker = tmp_path / "pwned"
+    answers = _adversarial(str(marker))
+    pool = GradingPool(timeout_s=3.0)
+    try:
+        with ThreadPoolExecutor(max_workers=3) as ex:
+            start = time.monotonic()
+            results = list(ex.map(lambda a: grade(a, "1", pool=pool), answers))
+        assert results == [False] * len(answers)
+        # Calls serialize on the pool; each timeout costs at most timeout_s.
+        assert time.monotonic() - start < 10 * len(answers)
+        assert not marker.exists()
+    finally:
+        pool.close()
+
+
+def test_timeout_kills_and_replaces_the_worker_and_counts_it():
+    pool = GradingPool(num_workers=1, timeout_s=2.0)
+    try:
+        start = time.monotonic()
+        results = pool.verify_many([("10^{10^{10^{10}}}", "1"), ("x+1", "1+x"), ("2", "3")])
+        assert results == [False, True, False]  # the rest of the window survives the kill
+        assert pool.stats["timeouts"] == 1 and pool.stats["restarts"] == 1
+        assert time.monotonic() - start < 10
+    finally:
+        pool.close()
+
+
+def test_dead_worker_is_replaced_and_counted():
+    pool = GradingPool(num_workers=1)
+    try:
+        assert pool.verify_many([("x+1", "1+x")]) == [True]
+        pool._workers[0].proc.kill()
+        pool._workers[0].proc.wait()
+        assert pool.verify_many([("x+1", "1+x"), ("2x", "x+x")]) == [True, True]
+        assert pool.stats["crashes"] >= 1
+    finally:
+        pool.close()
+
+
+CASES = [("0.5", "\\frac{1}{2}"), ("x^2+2x+1", "(x+1)^2"), ("2", "3"), ("\\sqrt{8}", "2\\sqrt{2}")]
+EXPECTED = [True, True, False, True]
+
+
+def test_concurrent_threads_get_correct_results():
+    errors: list[BaseException] = []
+    outputs: list[list[bool]] = []
+
+    def work() -> None:
+        try:
+            outputs.append(grade_many(CASES * 3))
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert outputs == [EXPECTED * 3] * 4
+
+
+def _child_case(i: int) -> tuple[bool, bool]:
+    """Grade a pair no other process has seen (no cached verdict); report whether this process
+    graded through a pool of its own."""
+    import os
+
+    from lit_align.rewards import get_pool
+
+    gold = f"{i}+x" if i % 2 == 0 else f"{i + 1}+x"
+    return grade(f"x+{i}", gold), get_pool()._pid == os.getpid()
+
+
+CHILD_EXPECTED = [(i % 2 == 0, True) for i in range(6)]
+
+
+def test_forked_processes_get_their_own_pool(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setenv("LIT_ALIGN_GRADER_WORKERS", "1")
+    grade("x+1", "1+x")  # the parent has a live pool before forking
+    with mp.get_context("fork").Pool(2) as procs:
+        assert procs.map(_child_case, range(6)) == CHILD_EXPECTED
+
+
+class _GradingDataset:
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> tuple[bool, bool]:
+        return _child_case(100 + i)
+
+
+def test_dataloader_workers_can_grade(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("LIT_ALIGN_GRADER_WORKERS", "1")
+    grade("x+1", "1+x")
+    loader = torch.utils.data.DataLoader(_GradingDataset(), batch_size=None, num_workers=2)
+    got = [(bool(a), bool(b)) for a, b in loader]
+    assert got == [(i % 2 == 0, True) for i in range(100, 106)]
+
+
+def test_parse_expr_guard_refuses_code():
+    from lit_align.rewards._worker import _numbers_only
+
+    calls = []
+    guarded = _numbers_only(lambda s, *a, **k: calls.append(s) or s)
+    assert guarded(" 42 ") == " 42 " and guarded("3.5") == "3.5"
+    for text in ("__import__('os')", "x", "1+1", "lambda: 0"):
+        with pytest.raises(RuntimeError, match="refused"):
+            guarded(text)
+    assert calls == [" 42 ", "3.5"]
