@@ -504,15 +504,18 @@ def sft_loss(
     response_mask: Tensor,
     aggregation: Literal["token_mean", "sum_norm"] = "token_mean",
     normalize_constant: float = 1.0,
+    token_normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Masked negative log-likelihood.
 
-    ``token_mean``: mean NLL over every response token of the batch. ``sum_norm`` (the seed's):
-    mean over sequences of (−sum of masked log-probs ÷ ``normalize_constant``).
+    ``token_mean``: mean NLL over every response token of the batch, or the token sum ÷
+    ``token_normalizer``, which keeps it exact across gradient accumulation (see
+    :func:`aggregate_loss`). ``sum_norm`` (the seed's): mean over sequences of (−sum of masked
+    log-probs ÷ ``normalize_constant``).
     """
     _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     if aggregation == "token_mean":
-        loss = -masked_mean(policy_log_probs, response_mask)
+        loss = -_agg_token_mean(policy_log_probs, response_mask, 1.0, token_normalizer)
     elif aggregation == "sum_norm":
         loss = -masked_normalize(policy_log_probs, response_mask, normalize_constant, dim=-1).mean()
     else:

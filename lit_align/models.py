@@ -21,6 +21,7 @@ __all__ = [
     "build_tiny_model",
     "build_tiny_tokenizer",
     "load_model_and_tokenizer",
+    "parse_tiny_spec",
     "resolve_attn_implementation",
     "resolve_dtype",
     "save_tiny_model",
@@ -81,7 +82,9 @@ def load_model_and_tokenizer(
     """Load a causal LM and its tokenizer from the Hugging Face hub or a local directory.
 
     Args:
-        name_or_path: hub id (``Qwen/Qwen2.5-Math-1.5B``) or local directory.
+        name_or_path: hub id (``Qwen/Qwen2.5-Math-1.5B``), local directory, or ``tiny:…`` for a
+            tiny model built in code (``tiny:hidden_size=128,num_layers=4``; see
+            :func:`build_tiny_model`).
         dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16``, ``float32`` or a torch dtype.
         attn_implementation: ``auto`` picks flash_attention_2 when flash-attn and CUDA are present,
             else sdpa.
@@ -96,6 +99,13 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = str(name_or_path)
+    if name.startswith("tiny:") or name == "tiny":
+        model, tokenizer = build_tiny_model(**parse_tiny_spec(name))
+        tokenizer.padding_side = padding_side
+        model = model.to(resolve_dtype(dtype)) if dtype != "auto" else model
+        return _finish(model, gradient_checkpointing, device), tokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, padding_side=padding_side
     )
@@ -109,6 +119,10 @@ def load_model_and_tokenizer(
         attn_implementation=resolve_attn_implementation(attn_implementation),
         trust_remote_code=trust_remote_code,
     )
+    return _finish(model, gradient_checkpointing, device), tokenizer
+
+
+def _finish(model: Any, gradient_checkpointing: bool, device: str | torch.device | None) -> Any:
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -119,7 +133,31 @@ def load_model_and_tokenizer(
         model.train()
     if device is not None:
         model.to(device)
-    return model, tokenizer
+    return model
+
+
+def parse_tiny_spec(name: str) -> dict[str, int]:
+    """``tiny:hidden_size=128,num_layers=4`` → keyword arguments of :func:`build_tiny_model`."""
+    spec = name.partition(":")[2]
+    allowed = {
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "seed",
+    }
+    kwargs = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in allowed or not value.strip().isdigit():
+            raise ValueError(
+                f"bad tiny model spec {name!r}: expected tiny:key=int,… with keys {', '.join(sorted(allowed))}"
+            )
+        kwargs[key] = int(value)
+    return kwargs
 
 
 # --------------------------------------------------------------------------- tiny models

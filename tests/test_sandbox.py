@@ -62,11 +62,13 @@ def test_adversarial_answers_from_worker_threads(tmp_path):
 def test_timeout_kills_and_replaces_the_worker_and_counts_it():
     pool = GradingPool(num_workers=1, timeout_s=2.0)
     try:
+        assert pool.verify_many([("1", "1")]) == [True]  # worker started and warm
         start = time.monotonic()
         results = pool.verify_many([("10^{10^{10^{10}}}", "1"), ("x+1", "1+x"), ("2", "3")])
         assert results == [False, True, False]  # the rest of the window survives the kill
         assert pool.stats["timeouts"] == 1 and pool.stats["restarts"] == 1
-        assert time.monotonic() - start < 10
+        # 2 s limit, then a fresh worker imports sympy and grades the other two.
+        assert time.monotonic() - start < 15
     finally:
         pool.close()
 

@@ -43,6 +43,9 @@ class RewardEvaluator(ABC):
 
     component_names: tuple[str, ...] = ()
     total_weights: tuple[float, ...] = ()
+    # Components that say "answer correct" and "well formatted" (None: not applicable).
+    correct_component: str | None = None
+    format_component: str | None = None
 
     @abstractmethod
     def score(
@@ -104,6 +107,14 @@ class RewardEvaluator(ABC):
         """Metrics beyond the component means (accuracy, …)."""
         return {}
 
+    def is_correct(self, row: dict[str, float]) -> bool:
+        """Whether one :meth:`breakdown` row counts as a correct answer."""
+        return self.correct_component is not None and row[self.correct_component] > 0
+
+    def is_formatted(self, row: dict[str, float]) -> bool:
+        """Whether one :meth:`breakdown` row is well formatted."""
+        return self.format_component is not None and row[self.format_component] > 0
+
 
 class MathEvaluator(RewardEvaluator):
     """MATH-style rewards: format and answer, reward = answer (format alone earns nothing).
@@ -115,6 +126,8 @@ class MathEvaluator(RewardEvaluator):
 
     component_names = ("format_reward", "answer_reward")
     total_weights = (0.0, 1.0)
+    correct_component = "answer_reward"
+    format_component = "format_reward"
 
     def __init__(self, template: Literal["r1_zero", "question_only"] = "r1_zero") -> None:
         fns = {"r1_zero": formats.r1_zero_rewards, "question_only": formats.question_only_rewards}
@@ -144,6 +157,8 @@ class GSM8kEvaluator(RewardEvaluator):
 
     component_names = ("correctness", "integer_answer", "strict_format", "soft_format", "xml_count")
     total_weights = (1.0, 1.0, 1.0, 1.0, 1.0)
+    correct_component = "correctness"
+    format_component = "soft_format"
 
     def score(
         self, prompts: Sequence[Any], completions: Sequence[str], answers: Sequence[GroundTruth]

@@ -52,7 +52,7 @@ class GradingPool:
     def __init__(
         self,
         num_workers: int | None = None,
-        timeout_s: float = 5.0,
+        timeout_s: float = 4.0,
         memory_mb: int = 2048,
         window: int = 16,
         startup_timeout_s: float = 60.0,
@@ -231,7 +231,7 @@ def get_pool() -> GradingPool:
     """The process-wide pool, created on first use and again in a forked child.
 
     ``LIT_ALIGN_GRADER_WORKERS`` (default min(2, CPUs)) and ``LIT_ALIGN_GRADER_TIMEOUT_S``
-    (default 5) set its size and per-answer time limit.
+    (default 4) set its size and per-answer time limit.
     """
     global _POOL
     with _POOL_LOCK:
@@ -239,6 +239,6 @@ def get_pool() -> GradingPool:
             # In a forked child the inherited pool's pipes belong to the parent: leave them alone.
             _POOL = GradingPool(
                 num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
-                timeout_s=float(os.environ.get("LIT_ALIGN_GRADER_TIMEOUT_S", "5")),
+                timeout_s=float(os.environ.get("LIT_ALIGN_GRADER_TIMEOUT_S", "4")),
             )
         return _POOL

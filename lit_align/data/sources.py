@@ -1,0 +1,323 @@
+"""Data sources that yield uniform examples: question, ground-truth answer, optional response.
+
+A source is one string, so configs stay short:
+
+- ``path/to/file.jsonl`` — local JSONL in the GSM8K layout (``question``, ``answer`` ending in
+  ``#### final``), the MATH layouts (``problem`` + ``answer``, or ``problem`` + ``solution`` whose
+  last ``\\boxed{}`` is the answer) or an SFT layout (``prompt``, ``response``, optional
+  ``ground_truth``/``answer``; the prompt is used as written);
+- ``hf:NAME`` — a Hugging Face hub dataset through the ``datasets`` library (online users);
+- ``synthetic:addition`` / ``synthetic:copy`` — small tasks generated in code, deterministic by
+  seed, that tiny CPU models can learn (demos and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from lit_align.rewards.normalize import last_boxed
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DataError",
+    "Example",
+    "Layout",
+    "filter_correct",
+    "load_examples",
+    "make_synthetic",
+    "reference_to_sft",
+    "subset",
+]
+
+Layout = Literal["auto", "gsm8k", "math", "sft"]
+OnError = Literal["raise", "skip"]
+
+
+class DataError(ValueError):
+    """A malformed data row; the message names the file, the line, the field and the fix."""
+
+
+@dataclass
+class Example:
+    """One row of any source.
+
+    Attributes:
+        question: the problem text (formatted into a prompt by a template).
+        answer: ground truth: a string or a list of acceptable answers ("" when unknown).
+        response: the SFT target that follows the prompt, if any.
+        prompt: a prompt already formatted (SFT files); when set, templates are not applied.
+        metadata: anything else (reference solution, level, subject, source line…).
+    """
+
+    question: str
+    answer: str | list[str] = ""
+    response: str | None = None
+    prompt: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- row parsers
+
+
+def _need(row: dict, key: str, where: str, layout: str) -> Any:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        state = "missing" if key not in row else "empty"
+        raise DataError(
+            f"{where}: field {key!r} is {state} ({layout} rows need it); fix the row, or set "
+            "on_error: skip to drop such rows"
+        )
+    return value
+
+
+def _gsm8k_row(row: dict, where: str) -> Example:
+    question = _need(row, "question", where, "GSM8K")
+    solution = _need(row, "answer", where, "GSM8K")
+    if "####" not in solution:
+        raise DataError(f"{where}: field 'answer' has no '#### final answer' line (GSM8K layout)")
+    reasoning, final = solution.rsplit("####", 1)
+    final = final.strip()
+    if not final:
+        raise DataError(f"{where}: field 'answer' has an empty final answer after '####'")
+    return Example(question=question, answer=final, metadata={"solution": reasoning.strip()})
+
+
+def _math_row(row: dict, where: str) -> Example:
+    problem = _need(row, "problem", where, "MATH")
+    solution = row.get("solution") or ""
+    answer = row.get("answer")
+    if answer is None:
+        answer = last_boxed(solution) if solution else None
+        if answer is None:
+            raise DataError(
+                f"{where}: no field 'answer' and no \\boxed{{}} in 'solution' (MATH layout); "
+                "add an answer, or set on_error: skip"
+            )
+    if not str(answer).strip():
+        raise DataError(
+            f"{where}: field 'answer' is empty (MATH layout); fix it or set on_error: skip"
+        )
+    meta = {k: row[k] for k in ("subject", "type", "level", "unique_id", "idx") if k in row}
+    meta["solution"] = solution
+    return Example(question=problem, answer=str(answer), metadata=meta)
+
+
+def _sft_row(row: dict, where: str) -> Example:
+    prompt = _need(row, "prompt", where, "SFT")
+    response = _need(row, "response", where, "SFT")
+    truth = row.get("ground_truth", row.get("answer", ""))
+    return Example(
+        question=prompt, prompt=prompt, response=response, answer=truth if truth is not None else ""
+    )
+
+
+_PARSERS: dict[str, Callable[[dict, str], Example]] = {
+    "gsm8k": _gsm8k_row,
+    "math": _math_row,
+    "sft": _sft_row,
+}
+
+
+def _detect(row: dict, where: str) -> str:
+    if "prompt" in row and "response" in row:
+        return "sft"
+    if "problem" in row:
+        return "math"
+    if "question" in row:
+        return "gsm8k"
+    raise DataError(
+        f"{where}: cannot tell the layout from fields {sorted(row)}; expected GSM8K (question, "
+        "answer), MATH (problem, answer/solution) or SFT (prompt, response); set layout explicitly"
+    )
+
+
+def _parse_rows(
+    rows: Iterable[tuple[str, Any]], layout: Layout, on_error: OnError, name: str
+) -> list[Example]:
+    examples, skipped, first_error = [], 0, None
+    for where, row in rows:
+        try:
+            if isinstance(row, DataError):
+                raise row
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            kind = _detect(row, where) if layout == "auto" else layout
+            example = _PARSERS[kind](row, where)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            skipped += 1
+            first_error = first_error or str(err)
+            continue
+        example.metadata.setdefault("source", where)
+        examples.append(example)
+    if skipped:
+        log.warning("%s: skipped %d malformed rows (first: %s)", name, skipped, first_error)
+    return examples
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield (
+                    where,
+                    DataError(
+                        f"{where}: invalid JSON ({err.msg} at column {err.colno}); fix the line, or set "
+                        "on_error: skip"
+                    ),
+                )
+
+
+# ----------------------------------------------------------------------------- synthetic tasks
+
+
+def _addition(rng: random.Random, max_operand: int) -> Example:
+    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+    total = a + b
+    return Example(
+        question=f"What is {a} + {b}?",
+        answer=str(total),
+        response=f" {a} + {b} = {total} </think> <answer> {total} </answer>",
+        metadata={"task": "addition"},
+    )
+
+
+def _copy(rng: random.Random, max_operand: int) -> Example:
+    n = rng.randint(0, max_operand)
+    return Example(
+        question=f"Repeat the number {n}.",
+        answer=str(n),
+        response=f" the number is {n} </think> <answer> {n} </answer>",
+        metadata={"task": "copy"},
+    )
+
+
+_SYNTHETIC: dict[str, Callable[[random.Random, int], Example]] = {
+    "addition": _addition,
+    "copy": _copy,
+}
+
+
+def make_synthetic(task: str, size: int, seed: int = 0, max_operand: int = 9) -> list[Example]:
+    """``size`` examples of a synthetic task (``addition``: "What is a + b?"; ``copy``), by seed."""
+    if task not in _SYNTHETIC:
+        raise ValueError(
+            f"unknown synthetic task {task!r}; accepted values: {', '.join(_SYNTHETIC)}"
+        )
+    rng = random.Random(seed)
+    return [_SYNTHETIC[task](rng, max_operand) for _ in range(size)]
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _hf_rows(name: str, split: str, config: str | None) -> Iterable[tuple[str, Any]]:
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"source 'hf:{name}' needs the `datasets` package: pip install datasets"
+        ) from err
+    ds = datasets.load_dataset(name, config, split=split)
+    for i, row in enumerate(ds):
+        yield f"hf:{name}[{split}]#{i}", dict(row)
+
+
+def load_examples(
+    source: str,
+    split: str = "train",
+    layout: Layout = "auto",
+    limit: int | None = None,
+    seed: int = 0,
+    on_error: OnError = "raise",
+    hf_config: str | None = None,
+    size: int = 1024,
+    max_operand: int = 9,
+) -> list[Example]:
+    """Load examples from a JSONL path, ``hf:NAME`` or ``synthetic:TASK``.
+
+    Args:
+        source: where the data comes from (see the module docstring).
+        split: dataset split for ``hf:`` sources.
+        layout: row layout; ``auto`` detects it from the first fields.
+        limit: keep a seeded random subset of this size (``None``: all).
+        seed: seed of the subset and of synthetic tasks.
+        on_error: ``raise`` a :class:`DataError` naming file, line and field, or ``skip`` the row
+            (skips are counted and logged).
+        hf_config: configuration name of a hub dataset (``main`` for ``openai/gsm8k``).
+        size: number of examples of a synthetic task.
+        max_operand: largest operand of synthetic tasks.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"unknown on_error {on_error!r}; accepted values: raise, skip")
+    if layout not in ("auto", *_PARSERS):
+        raise ValueError(f"unknown layout {layout!r}; accepted values: auto, {', '.join(_PARSERS)}")
+    if source.startswith("synthetic:"):
+        examples = make_synthetic(source.removeprefix("synthetic:"), size, seed, max_operand)
+    else:
+        if source.startswith("hf:"):
+            rows: Iterable[tuple[str, Any]] = _hf_rows(source.removeprefix("hf:"), split, hf_config)
+        else:
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data source {source!r} is not a file; give a JSONL path, hf:NAME or synthetic:TASK"
+                )
+            rows = _jsonl_rows(path)
+        examples = _parse_rows(rows, layout, on_error, source)
+    return subset(examples, limit, seed)
+
+
+def subset(examples: Sequence[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """A seeded random subset of ``limit`` examples (all of them, in order, when ``limit`` is None)."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    indices = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in indices]
+
+
+def filter_correct(examples: Sequence[Example]) -> list[Example]:
+    """Keep SFT examples whose response's r1_zero answer grades correct against the row's answer."""
+    from lit_align.rewards.formats import r1_zero_rewards
+
+    candidates = [e for e in examples if e.response is not None and e.answer not in ("", [])]
+    rewards = r1_zero_rewards(
+        [e.response or "" for e in candidates], [e.answer for e in candidates]
+    )
+    return [e for e, r in zip(candidates, rewards, strict=True) if r["reward"] == 1.0]
+
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def reference_to_sft(example: Example) -> Example:
+    """Turn a GSM8K/MATH reference solution into an r1_zero SFT pair.
+
+    The response is `` {reasoning} </think> <answer> {final} </answer>``, following a prompt that
+    ends with ``<think>``; GSM8K calculator annotations (``<<48/2=24>>``) are removed.
+    """
+    solution = example.metadata.get("solution")
+    if not solution:
+        raise DataError(
+            f"{example.metadata.get('source', 'example')}: no reference solution to convert "
+            "(GSM8K and MATH layouts carry one)"
+        )
+    reasoning = _CALCULATOR.sub("", solution).strip()
+    final = example.answer if isinstance(example.answer, str) else example.answer[0]
+    return replace(example, response=f" {reasoning} </think> <answer> {final} </answer>")

@@ -1,0 +1,83 @@
+"""Prompt templates: r1_zero, question_only, the GSM8K system-prompt chat format, and a short demo one.
+
+The r1_zero and question_only texts are the project's copies of the CS336 prompt files
+(``lit_align/data/prompts/``). Chat templates go through the tokenizer's own chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+__all__ = ["GSM8K_SYSTEM_PROMPT", "TemplateName", "format_prompt", "stop_strings_for"]
+
+TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo"]
+
+# The take-home's reasoning/answer XML format, asked for in the system prompt.
+GSM8K_SYSTEM_PROMPT = (
+    "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+)
+
+# A short r1-style prompt for tiny CPU demo models (the full r1_zero prompt is ~100 tokens).
+DEMO_TEMPLATE = "User: {question}\nAssistant: <think>"
+
+
+@cache
+def _prompt_file(name: str) -> str:
+    return resources.files("lit_align.data").joinpath(f"prompts/{name}.prompt").read_text("utf-8")
+
+
+def _r1_zero(question: str, tokenizer: Any) -> str:
+    return _prompt_file("r1_zero").format(question=question)
+
+
+def _question_only(question: str, tokenizer: Any) -> str:
+    return _prompt_file("question_only").format(question=question)
+
+
+def _demo(question: str, tokenizer: Any) -> str:
+    return DEMO_TEMPLATE.format(question=question)
+
+
+def _gsm8k_chat(question: str, tokenizer: Any) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template 'gsm8k_chat' needs a tokenizer with a chat template")
+    messages = [
+        {"role": "system", "content": GSM8K_SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_TEMPLATES: dict[str, Callable[[str, Any], str]] = {
+    "r1_zero": _r1_zero,
+    "question_only": _question_only,
+    "gsm8k_chat": _gsm8k_chat,
+    "demo": _demo,
+}
+
+# Where generation stops (the stop string is kept in the output, as the seeds do).
+_STOPS: dict[str, list[str]] = {
+    "r1_zero": ["</answer>"],
+    "question_only": [],
+    "gsm8k_chat": [],
+    "demo": ["</answer>"],
+}
+
+
+def format_prompt(template: TemplateName, question: str, tokenizer: Any = None) -> str:
+    """The prompt text for ``question`` under ``template``.
+
+    Raises:
+        ValueError: for an unknown template name (the message lists the accepted ones).
+    """
+    if template not in _TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; accepted values: {', '.join(_TEMPLATES)}")
+    return _TEMPLATES[template](question, tokenizer)
+
+
+def stop_strings_for(template: TemplateName) -> list[str]:
+    """Default stop strings of a template (``</answer>`` for the r1-style ones)."""
+    return list(_STOPS.get(template, []))

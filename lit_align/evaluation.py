@@ -1,0 +1,214 @@
+"""Evaluation: generate → grade → per-example records and metrics; writes jsonl/json.
+
+Metrics: accuracy, format rate, the three (format, answer) category counts of the CS336 baseline
+study, mean response length overall / for correct / for incorrect answers, mean token entropy,
+truncated fraction, and, when n > 1, unbiased pass@k (Chen et al. 2021) and mean@n.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lit_align.data.sources import Example
+from lit_align.data.templates import TemplateName, format_prompt
+from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rollout.base import Completion, RolloutEngine, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "format_summary", "log_generations", "pass_at_k", "summarize"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarize(records: Sequence[dict[str, Any]], n: int) -> dict[str, float]:
+    """Metrics over per-sample records (see :func:`evaluate` for the record fields)."""
+    correct = [r for r in records if r["correct"]]
+    wrong = [r for r in records if not r["correct"]]
+    metrics: dict[str, float] = {
+        "n_examples": len(records) // max(n, 1),
+        "n_samples": len(records),
+        "accuracy": _mean([float(r["correct"]) for r in records]),
+        "format_rate": _mean([float(r["formatted"]) for r in records]),
+        "reward_mean": _mean([r["reward"] for r in records]),
+        "count_format1_answer1": sum(1 for r in records if r["formatted"] and r["correct"]),
+        "count_format1_answer0": sum(1 for r in records if r["formatted"] and not r["correct"]),
+        "count_format0_answer0": sum(1 for r in records if not r["formatted"] and not r["correct"]),
+        "count_format0_answer1": sum(1 for r in records if not r["formatted"] and r["correct"]),
+        "response_length_mean": _mean([r["length"] for r in records]),
+        "response_length_correct": _mean([r["length"] for r in correct]),
+        "response_length_incorrect": _mean([r["length"] for r in wrong]),
+        "token_entropy_mean": _mean([r["mean_entropy"] for r in records]),
+        "truncated_frac": _mean([float(r["finish_reason"] == "length") for r in records]),
+    }
+    if n > 1:
+        per_example: dict[int, list[bool]] = {}
+        for r in records:
+            per_example.setdefault(r["example_index"], []).append(bool(r["correct"]))
+        k = 1
+        while k <= n:
+            metrics[f"pass@{k}"] = _mean(
+                [pass_at_k(len(v), sum(v), k) for v in per_example.values()]
+            )
+            k *= 2
+        metrics[f"mean@{n}"] = _mean([sum(v) / len(v) for v in per_example.values()])
+    return metrics
+
+
+def _records(
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    completions: Sequence[Completion],
+    evaluator: RewardEvaluator,
+    n: int,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    rep_prompts = [prompts[c.prompt_index] for c in completions]
+    answers = [examples[c.prompt_index].answer for c in completions]
+    scores, reward_metrics = evaluator.compute_rewards(
+        rep_prompts, [c.text for c in completions], answers
+    )
+    rows = evaluator.breakdown(scores)
+    records = []
+    for j, (c, row) in enumerate(zip(completions, rows, strict=True)):
+        records.append(
+            {
+                "example_index": c.prompt_index,
+                "sample_index": j % n,
+                "prompt": rep_prompts[j],
+                "response": c.text,
+                "ground_truth": answers[j],
+                **row,
+                "formatted": evaluator.is_formatted(row),
+                "correct": evaluator.is_correct(row),
+                "length": len(c.token_ids),
+                "mean_entropy": c.mean_entropy,
+                "finish_reason": c.finish_reason,
+            }
+        )
+    return records, reward_metrics
+
+
+def evaluate(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    evaluator: RewardEvaluator,
+    sampling: SamplingConfig,
+    template: TemplateName = "r1_zero",
+    output_dir: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Generate ``sampling.n`` responses per example, grade them and summarize.
+
+    Args:
+        engine: any :class:`RolloutEngine`.
+        tokenizer: tokenizer of the engine's model (prompts are tokenized without special tokens).
+        examples: rows with a question (or a pre-formatted prompt) and a ground truth.
+        evaluator: scores the responses (e.g. ``MathEvaluator("r1_zero")``).
+        sampling: sampling settings (``n`` > 1 adds pass@k).
+        template: prompt template for examples without a pre-formatted prompt.
+        output_dir: when given, writes ``generations.jsonl`` (one record per sample) and
+            ``metrics.json``.
+
+    Returns:
+        (records, metrics). Each record holds prompt, response, ground truth, the evaluator's
+        components and total ``reward``, ``formatted``, ``correct``, ``length`` (tokens),
+        ``mean_entropy`` and ``finish_reason``.
+    """
+    prompts = [
+        e.prompt if e.prompt is not None else format_prompt(template, e.question, tokenizer)
+        for e in examples
+    ]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    completions = engine.generate(ids, sampling)
+    records, reward_metrics = _records(examples, prompts, completions, evaluator, sampling.n)
+    metrics = summarize(records, sampling.n)
+    metrics.update({f"reward/{k}": v for k, v in reward_metrics.items()})
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return records, metrics
+
+
+def format_summary(metrics: dict[str, float]) -> str:
+    """A small table of the headline metrics, for the terminal."""
+    lines = [
+        f"examples {int(metrics['n_examples'])}, samples {int(metrics['n_samples'])}",
+        f"accuracy     {metrics['accuracy']:.4f}",
+        f"format rate  {metrics['format_rate']:.4f}",
+        "",
+        "format  answer  count",
+        f"  1       1     {int(metrics['count_format1_answer1'])}",
+        f"  1       0     {int(metrics['count_format1_answer0'])}",
+        f"  0       0     {int(metrics['count_format0_answer0'])}",
+        "",
+        f"response length: mean {metrics['response_length_mean']:.1f}, correct "
+        f"{metrics['response_length_correct']:.1f}, incorrect {metrics['response_length_incorrect']:.1f} tokens",
+        f"token entropy mean {metrics['token_entropy_mean']:.3f}, truncated {metrics['truncated_frac']:.3f}",
+    ]
+    lines += [f"{k:<12} {v:.4f}" for k, v in metrics.items() if k.startswith(("pass@", "mean@"))]
+    return "\n".join(lines)
+
+
+def log_generations(
+    records: Sequence[dict[str, Any]],
+    writer: Any = None,
+    step: int = 0,
+    max_samples: int = 8,
+    tag: str = "generations",
+) -> dict[str, float]:
+    """Log generations: prompt, response, ground truth, rewards and entropy of a few samples,
+    plus mean response length overall / for correct / for incorrect responses.
+
+    Args:
+        records: records from :func:`evaluate` (or the training loop).
+        writer: a TensorBoard ``SummaryWriter`` (``add_text``/``add_scalar``); Python logging if None.
+        step: global step for TensorBoard.
+        max_samples: how many samples to write out in full.
+        tag: TensorBoard tag prefix.
+
+    Returns:
+        The length and entropy summary that was logged.
+    """
+    correct = [r for r in records if r.get("correct")]
+    wrong = [r for r in records if not r.get("correct")]
+    summary = {
+        "response_length_mean": _mean([r["length"] for r in records]),
+        "response_length_correct": _mean([r["length"] for r in correct]),
+        "response_length_incorrect": _mean([r["length"] for r in wrong]),
+        "token_entropy_mean": _mean([r.get("mean_entropy", 0.0) for r in records]),
+    }
+    rewards = ("format_reward", "answer_reward", "reward")
+    for i, r in enumerate(records[:max_samples]):
+        scored = ", ".join(f"{k} {r[k]:.2f}" for k in rewards if k in r)
+        text = (
+            f"**prompt**\n\n    {r['prompt'][-500:]}\n\n**response**\n\n    {r['response']}\n\n"
+            f"**ground truth** `{r['ground_truth']}` — {scored}, entropy {r.get('mean_entropy', 0.0):.3f}"
+        )
+        if writer is not None:
+            writer.add_text(f"{tag}/sample_{i}", text, step)
+        else:
+            log.info("%s sample %d: %s", tag, i, text)
+    for k, v in summary.items():
+        if writer is not None:
+            writer.add_scalar(f"{tag}/{k}", v, step)
+    if writer is None:
+        log.info("%s: %s", tag, summary)
+    return summary

@@ -1,0 +1,188 @@
+"""Shared LightningModule base: the policy model, optimizers, and validation by generation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lit_align.evaluation import log_generations
+from lit_align.models import AttnImpl, load_model_and_tokenizer
+from lit_align.rewards.evaluators import MathEvaluator, RewardEvaluator
+from lit_align.rollout.base import SamplingConfig
+from lit_align.rollout.sync import sync_weights
+
+__all__ = ["PolicyModule"]
+
+OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerCallable = Callable[[torch.optim.Optimizer], Any]
+
+
+def _default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
+    # SPEC §4 defaults: AdamW(β=(0.9, 0.95), weight decay 0), lr 1e-5.
+    return torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
+
+
+class PolicyModule(L.LightningModule):
+    """A Hugging Face causal LM being trained, with validation by generation.
+
+    Args:
+        model_name_or_path: hub id, local directory or ``tiny:…`` (a tiny model built in code).
+        dtype: model dtype (``auto``, ``bfloat16``, ``float32``…); Lightning's ``precision`` applies
+            on top.
+        attn_implementation: ``auto`` (flash_attention_2 when installed on CUDA, else sdpa).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        trust_remote_code: run modeling code shipped with the checkpoint (only if you trust it).
+        optimizer: a callable ``params -> Optimizer``; default AdamW(lr 1e-5, β=(0.9, 0.95), wd 0).
+        lr_scheduler: a callable ``optimizer -> scheduler`` stepped every optimizer step, e.g.
+            ``lit_align.modules.schedules.WarmupCosine``; None: constant rate.
+        evaluator: scores validation generations (default ``MathEvaluator("r1_zero")``).
+        val_sampling: sampling for validation (default greedy, 1024 new tokens, stop ``</answer>``).
+        log_samples: generations written to TensorBoard text at each validation.
+        logprob_chunk_tokens: tokens per LM-head chunk in the log-prob computation.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        dtype: str = "auto",
+        attn_implementation: AttnImpl = "auto",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: SchedulerCallable | None = None,
+        evaluator: RewardEvaluator | None = None,
+        val_sampling: SamplingConfig | None = None,
+        log_samples: int = 4,
+        logprob_chunk_tokens: int = 256,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "evaluator"])
+        self.model_name_or_path = model_name_or_path
+        self.optimizer_fn = optimizer
+        self.lr_scheduler_fn = lr_scheduler
+        self.evaluator = evaluator if evaluator is not None else MathEvaluator("r1_zero")
+        self.val_sampling = val_sampling or SamplingConfig(
+            temperature=0.0, max_new_tokens=1024, stop=["</answer>"]
+        )
+        self.log_samples = log_samples
+        self.logprob_chunk_tokens = logprob_chunk_tokens
+        self._load_kwargs = {
+            "dtype": dtype,
+            "attn_implementation": attn_implementation,
+            "gradient_checkpointing": gradient_checkpointing,
+            "trust_remote_code": trust_remote_code,
+        }
+        # The model is loaded now so checkpoints restore into it; FSDP shards it in configure_model.
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            model_name_or_path, **self._load_kwargs
+        )
+        self.val_metrics = nn.ModuleDict(
+            {
+                name: MeanMetric()
+                for name in ("accuracy", "format_rate", "reward", "response_length")
+            }
+        )
+        self._val_records: list[dict[str, Any]] = []
+        self._step_clock: float | None = None
+
+    # ------------------------------------------------------------------ optimization
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_fn(p for p in self.model.parameters() if p.requires_grad)
+        if self.lr_scheduler_fn is None:
+            return optimizer
+        scheduler = self.lr_scheduler_fn(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = (
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+            if grads
+            else 0.0
+        )
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def log_throughput(self, tokens: int) -> None:
+        """Log tokens/s between consecutive training steps."""
+        now = time.perf_counter()
+        if self._step_clock is not None:
+            self.log(
+                "train/tokens_per_s",
+                tokens / max(now - self._step_clock, 1e-9),
+                on_step=True,
+                on_epoch=False,
+            )
+        self._step_clock = now
+
+    # ------------------------------------------------------------------ validation by generation
+
+    @property
+    def engine(self) -> Any:
+        return self.trainer.datamodule.engine
+
+    def on_validation_start(self) -> None:
+        engine = self.engine
+        if getattr(engine, "synced_step", None) != self.global_step:
+            seconds = sync_weights(engine, self.model, self.global_step)
+            self._sync_seconds = seconds
+        engine.wake_up()
+        self._val_records = []
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        completions = self.engine.generate([row["prompt_ids"] for row in batch], self.val_sampling)
+        prompts = [batch[c.prompt_index]["prompt"] for c in completions]
+        answers = [batch[c.prompt_index]["answer"] for c in completions]
+        scores, _ = self.evaluator.compute_rewards(prompts, [c.text for c in completions], answers)
+        rows = self.evaluator.breakdown(scores)
+        correct = torch.tensor([float(self.evaluator.is_correct(r)) for r in rows])
+        formatted = torch.tensor([float(self.evaluator.is_formatted(r)) for r in rows])
+        updates = {
+            "accuracy": correct,
+            "format_rate": formatted,
+            "reward": torch.tensor([r["reward"] for r in rows]),
+            "response_length": torch.tensor([float(len(c.token_ids)) for c in completions]),
+        }
+        for name, values in updates.items():
+            self.val_metrics[name].update(values.to(self.device))
+        if len(self._val_records) < self.log_samples:
+            for c, row, p, a in zip(completions, rows, prompts, answers, strict=True):
+                self._val_records.append(
+                    {
+                        "prompt": p,
+                        "response": c.text,
+                        "ground_truth": a,
+                        **row,
+                        "correct": self.evaluator.is_correct(row),
+                        "length": len(c.token_ids),
+                        "mean_entropy": c.mean_entropy,
+                    }
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            self.log(f"val/{name}", metric.compute(), prog_bar=name == "accuracy", sync_dist=False)
+            metric.reset()
+        writer = getattr(self.logger, "experiment", None) if self.logger else None
+        if self.trainer.is_global_zero and self._val_records and hasattr(writer, "add_text"):
+            log_generations(
+                self._val_records[: self.log_samples],
+                writer,
+                self.global_step,
+                self.log_samples,
+                "val",
+            )

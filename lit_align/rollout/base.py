@@ -1,0 +1,100 @@
+"""The rollout-engine interface shared by the HF (CPU/tests) and vLLM (GPU) engines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Completion", "RolloutEngine", "SamplingConfig"]
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample completions.
+
+    Attributes:
+        n: samples per prompt (the GRPO group size).
+        temperature: 0 means greedy.
+        top_p: nucleus sampling mass.
+        max_new_tokens: generation budget per sample.
+        min_new_tokens: end-of-sequence is suppressed before this many tokens.
+        stop: stop strings; generation ends after one appears, and it is kept in the text.
+        seed: base seed; each call of an engine advances it, so runs are reproducible.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    min_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"sampling n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p}")
+        if (
+            self.max_new_tokens < 1
+            or self.min_new_tokens < 0
+            or self.min_new_tokens > self.max_new_tokens
+        ):
+            raise ValueError(
+                f"need 0 <= min_new_tokens ({self.min_new_tokens}) <= max_new_tokens ({self.max_new_tokens}), "
+                "max_new_tokens >= 1"
+            )
+
+
+@dataclass
+class Completion:
+    """One sampled completion.
+
+    Attributes:
+        prompt_index: which prompt of the call it answers.
+        token_ids: generated token ids (the stop string's tokens included, padding excluded).
+        text: decoded text (special tokens skipped).
+        log_probs: per-token log-probabilities of the sampled tokens under the engine's model
+            (temperature 1, no top-p), aligned with ``token_ids``.
+        entropy: per-token entropy of the engine's next-token distribution (temperature 1).
+        finish_reason: ``stop`` (end-of-sequence or a stop string) or ``length`` (budget hit).
+    """
+
+    prompt_index: int
+    token_ids: list[int]
+    text: str
+    log_probs: list[float]
+    entropy: list[float]
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def mean_entropy(self) -> float:
+        return sum(self.entropy) / len(self.entropy) if self.entropy else 0.0
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the DataModules and callbacks need from an inference engine."""
+
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+    ) -> list[Completion]:
+        """n completions per prompt, prompt-major: ``[p0s0, p0s1, …, p1s0, …]``."""
+        ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with the policy's (HF parameter names)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory for the training phase (no-op where meaningless)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep` before the next generation."""
+        ...

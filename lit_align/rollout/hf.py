@@ -1,0 +1,204 @@
+"""A rollout engine on Hugging Face ``generate``: CPU demos, tests and small GPU runs.
+
+It holds its own copy of the model (weights pushed in by :meth:`HFEngine.load_weights`), samples
+with ``generate`` (n per prompt, temperature/top-p, min/max new tokens, stop strings kept in the
+output), then scores the sampled tokens with one teacher-forced pass through
+:func:`lit_align.ops.get_response_log_probs`, so its log-probs and entropies are those of the raw
+model (temperature 1), computed exactly as the trainer computes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from lit_align.ops import get_response_log_probs
+from lit_align.rollout.base import Completion, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HFEngine", "strip_wrapper_prefixes"]
+
+_WRAPPER_PREFIXES = (
+    "_forward_module.",
+    "module.",
+    "_orig_mod.",
+    "_fsdp_wrapped_module.",
+    "_checkpoint_wrapped_module.",
+)
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """HF parameter name from a name under DDP/FSDP/compile/checkpoint wrappers."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+class HFEngine:
+    """Batched sampling with a private copy of a Hugging Face causal LM.
+
+    Args:
+        model: the engine's own model (use :meth:`from_policy` to copy a policy).
+        tokenizer: its tokenizer (pad and eos ids are taken from it).
+        max_batch_size: prompts per ``generate`` call (each expands to ``n`` sequences).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self._calls = 0
+        self.synced_step: int | None = None  # global step whose weights the engine holds
+
+    @classmethod
+    def from_policy(cls, policy: Any, tokenizer: Any, max_batch_size: int = 64) -> HFEngine:
+        """An engine holding a deep copy of ``policy`` (same device and dtype)."""
+        return cls(copy.deepcopy(policy), tokenizer, max_batch_size)
+
+    # ------------------------------------------------------------------ weights
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        params.update(dict(self.model.named_buffers()))
+        unknown = []
+        for name, tensor in named_tensors:
+            target = params.get(strip_wrapper_prefixes(name))
+            if target is None:
+                unknown.append(name)
+                continue
+            target.copy_(tensor.detach().to(device=target.device, dtype=target.dtype))
+        if unknown:
+            raise KeyError(
+                f"load_weights: {len(unknown)} names not in the engine's model, e.g. {unknown[:3]}"
+            )
+
+    def sleep(self) -> None:
+        """Nothing to free: the HF engine shares the process's memory."""
+
+    def wake_up(self) -> None:
+        """Nothing to restore."""
+
+    # ------------------------------------------------------------------ generation
+
+    @property
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _cut(self, tokens: list[int], sampling: SamplingConfig) -> tuple[list[int], str, str]:
+        """Trim one generated row at end-of-sequence or its first stop string."""
+        eos = self._eos_ids
+        for i, tok in enumerate(tokens):
+            if tok in eos:
+                tokens = tokens[: i + 1]
+                return tokens, self.tokenizer.decode(tokens, skip_special_tokens=True), "stop"
+        decode = self.tokenizer.decode
+        pad = self.tokenizer.pad_token_id
+        if pad is not None and pad not in eos:
+            while tokens and tokens[-1] == pad:
+                tokens = tokens[:-1]
+        text = decode(tokens, skip_special_tokens=True)
+        hits = [(text.find(s), s) for s in sampling.stop if s and s in text]
+        if hits:
+            at, stop = min(hits)
+            end = at + len(stop)
+            lo, hi = 1, len(tokens)  # shortest prefix whose text holds that stop string
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(decode(tokens[:mid], skip_special_tokens=True)) >= end:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return tokens[:lo], text[:end], "stop"
+        reason = "length" if len(tokens) >= sampling.max_new_tokens else "stop"
+        return tokens, text, reason
+
+    @torch.no_grad()
+    def _score(
+        self, prompts: list[list[int]], completions: list[list[int]]
+    ) -> list[tuple[list[float], list[float]]]:
+        """Raw log-probs and entropies of each completion's tokens, one right-padded pass."""
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id or 0
+        rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+        width = max(len(r) for r in rows)
+        full = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            full[i, : len(r)] = torch.tensor(r)
+        full = full.to(device)
+        out = get_response_log_probs(
+            self.model, full[:, :-1], full[:, 1:], return_token_entropy=True
+        )
+        scored = []
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            span = slice(len(p) - 1, len(p) - 1 + len(c))  # label positions of the completion
+            scored.append(
+                (out["log_probs"][i, span].tolist(), out["token_entropy"][i, span].tolist())
+            )
+        return scored
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+    ) -> list[Completion]:
+        """``sampling.n`` completions per prompt, prompt-major."""
+        if any(len(p) == 0 for p in prompt_token_ids):
+            raise ValueError("every prompt needs at least one token")
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        seed = sampling.seed * 1_000_003 + self._calls  # distinct streams per (seed, call)
+        self._calls += 1
+        results: list[Completion] = []
+        for start in range(0, len(prompt_token_ids), self.max_batch_size):
+            batch = [list(p) for p in prompt_token_ids[start : start + self.max_batch_size]]
+            width = max(len(p) for p in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, p in enumerate(batch):  # left padding: generation continues every row
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": sampling.max_new_tokens,
+                "min_new_tokens": sampling.min_new_tokens,
+                "num_return_sequences": sampling.n,
+                "pad_token_id": pad,
+                "eos_token_id": sorted(self._eos_ids) or None,
+                "do_sample": sampling.temperature > 0,
+            }
+            if sampling.temperature > 0:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            if sampling.stop:
+                kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + start)
+                out = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
+                )
+            generated = out[:, width:].tolist()  # (len(batch) * n, steps)
+            cut = [self._cut(g, sampling) for g in generated]
+            prompts = [batch[k // sampling.n] for k in range(len(generated))]
+            nonempty = [k for k, (toks, _, _) in enumerate(cut) if toks]
+            scores = dict(
+                zip(
+                    nonempty,
+                    self._score([prompts[k] for k in nonempty], [cut[k][0] for k in nonempty]),
+                    strict=True,
+                )
+            )
+            for k, (toks, text, reason) in enumerate(cut):
+                lp, ent = scores.get(k, ([], []))
+                results.append(Completion(start + k // sampling.n, toks, text, lp, ent, reason))  # type: ignore[arg-type]
+        return results
