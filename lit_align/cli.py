@@ -1,27 +1,175 @@
-"""The ``lit_align`` command line."""
+"""The ``lit_align`` command line.
+
+- ``lit_align fit|validate|test --config X.yaml``: LightningCLI in subclass mode, so one entry
+  serves SFT and GRPO; ``--print_config`` documents every option, and the resolved config is
+  saved in each run directory.
+- ``lit_align eval``: zero-shot (or any checkpoint) evaluation: generate, grade, write
+  ``generations.jsonl`` and ``metrics.json``, print a summary table.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from lit_align.modules.base import PolicyModule
+from lit_align.rewards.evaluators import RewardEvaluator
+
+__all__ = ["LitAlignCLI", "main", "run_eval"]
+
+
+class LitAlignCLI(LightningCLI):
+    """LightningCLI in subclass mode over lit_align's modules (SFTModule, GRPOModule) and
+    DataModules; the resolved config is saved in each run directory."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        super().__init__(
+            PolicyModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+
+
+def run_eval(
+    model: str,
+    data: str,
+    output_dir: str = "eval_out",
+    template: str = "r1_zero",
+    evaluator: RewardEvaluator | None = None,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    min_new_tokens: int = 0,
+    stop: list[str] | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    split: str = "test",
+    hf_config: str | None = None,
+    dtype: str = "auto",
+    batch_size: int = 64,
+    backend: str = "hf",
+    gpu_memory_utilization: float = 0.85,
+) -> dict[str, float]:
+    """Evaluate a model on a dataset: generate, grade, write records and metrics.
+
+    Args:
+        model: hub id, local directory (e.g. a run's ``hf_model``) or ``tiny:…``.
+        data: JSONL path, ``hf:NAME`` or ``synthetic:TASK``.
+        output_dir: where ``generations.jsonl`` and ``metrics.json`` go.
+        template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``).
+        evaluator: reward evaluator (class path); default ``MathEvaluator`` for the template
+            (``GSM8kEvaluator`` for ``gsm8k_chat``).
+        n: samples per prompt (n > 1 adds pass@k and mean@n).
+        temperature: 0 is greedy.
+        top_p: nucleus mass.
+        max_new_tokens: generation budget.
+        min_new_tokens: minimum generation length.
+        stop: stop strings (default: the template's, e.g. ``</answer>``).
+        seed: sampling and subset seed.
+        limit: evaluate a seeded subset of this many examples.
+        split: split of ``hf:`` sources.
+        hf_config: configuration of ``hf:`` sources.
+        dtype: model dtype.
+        batch_size: prompts per generation batch.
+        backend: ``hf`` or ``vllm``.
+        gpu_memory_utilization: vLLM's share of GPU memory.
+    """
+    from tqdm.auto import tqdm
+
+    from lit_align.data.sources import load_examples
+    from lit_align.data.templates import stop_strings_for
+    from lit_align.evaluation import evaluate, format_summary, summarize
+    from lit_align.models import load_model_and_tokenizer
+    from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator
+    from lit_align.rollout.base import SamplingConfig
+    from lit_align.rollout.sync import EngineConfig, build_engine
+
+    if evaluator is None:
+        evaluator = (
+            GSM8kEvaluator()
+            if template == "gsm8k_chat"
+            else MathEvaluator("question_only" if template == "question_only" else "r1_zero")
+        )
+    examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+    if backend == "hf" and torch.cuda.is_available():
+        policy = policy.cuda()
+    engine = build_engine(
+        EngineConfig(
+            backend=backend,
+            max_batch_size=batch_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+        ),
+        policy,
+        tokenizer,
+        model,
+    )
+    sampling = SamplingConfig(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        stop=stop_strings_for(template) if stop is None else stop,
+        seed=seed,
+    )
+    records: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate + grade", unit="batch"):
+        chunk = examples[start : start + batch_size]
+        part, _ = evaluate(engine, tokenizer, chunk, evaluator, sampling, template=template)  # type: ignore[arg-type]
+        for r in part:
+            r["example_index"] += start
+        records.extend(part)
+    metrics = summarize(records, n)
+    _write(output_dir, records, metrics)
+    print(format_summary(metrics))
+    print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")
+    return metrics
+
+
+def _write(output_dir: str, records: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+    import json
+    from pathlib import Path
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lit_align`` console script."""
     args = sys.argv[1:] if argv is None else argv
-    if args in ([], ["-h"], ["--help"]):
-        print(
-            "usage: lit_align {--version}\n\nTraining commands arrive with the SFT and GRPO modules."
-        )
-        return 0
-    if args == ["--version"]:
+    if args[:1] == ["--version"]:
         from lit_align import __version__
 
         print(__version__)
         return 0
-    print(
-        f"lit_align: unknown arguments {' '.join(args)!r}; see `lit_align --help`", file=sys.stderr
-    )
-    return 2
+    if args[:1] == ["eval"]:
+        from jsonargparse import CLI
+
+        CLI(run_eval, args=args[1:], as_positional=False)
+        return 0
+    if args[:1] in ([], ["-h"], ["--help"]):
+        print(
+            "usage: lit_align {fit,validate,test} --config CONFIG.yaml [--print_config]\n"
+            "       lit_align eval --model MODEL --data DATA [options]   (lit_align eval --help)\n"
+            "       lit_align --version"
+        )
+        return 0
+    LitAlignCLI(args=args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,1 +1,6 @@
-"""lit_align.modules."""
+"""LightningModules: SFTModule (and GRPOModule), over a shared PolicyModule base."""
+
+from lit_align.modules.base import PolicyModule
+from lit_align.modules.sft import SFTModule
+
+__all__ = ["PolicyModule", "SFTModule"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -18,9 +19,6 @@ from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.sync import sync_weights
 
 __all__ = ["PolicyModule"]
-
-OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
-SchedulerCallable = Callable[[torch.optim.Optimizer], Any]
 
 
 def _default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -55,7 +53,7 @@ class PolicyModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         optimizer: OptimizerCallable = _default_optimizer,
-        lr_scheduler: SchedulerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         evaluator: RewardEvaluator | None = None,
         val_sampling: SamplingConfig | None = None,
         log_samples: int = 4,

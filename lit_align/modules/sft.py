@@ -1,0 +1,75 @@
+"""SFTModule: masked per-token negative log-likelihood on prompt/response pairs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lit_align.losses import sft_loss
+from lit_align.modules.base import PolicyModule
+from lit_align.ops import get_response_log_probs, masked_mean
+
+__all__ = ["SFTModule"]
+
+
+class SFTModule(PolicyModule):
+    """Supervised fine-tuning with a masked per-token loss; Lightning accumulates and clips.
+
+    Args:
+        loss_aggregation: ``token_mean`` (mean NLL over the response tokens of the whole
+            accumulation window, exact under gradient accumulation) or ``sum_norm`` (the CS336
+            seed: each sequence's summed NLL ÷ ``normalize_constant``, averaged over sequences).
+        normalize_constant: divisor of ``sum_norm``.
+        **kwargs: see :class:`~lit_align.modules.base.PolicyModule` (model, optimizer, scheduler,
+            evaluator, validation sampling).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_aggregation: Literal["token_mean", "sum_norm"] = "token_mean",
+        normalize_constant: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if loss_aggregation not in ("token_mean", "sum_norm"):
+            raise ValueError(
+                f"unknown loss_aggregation {loss_aggregation!r}; accepted values: token_mean, sum_norm"
+            )
+        self.loss_aggregation = loss_aggregation
+        self.normalize_constant = normalize_constant
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+        out = get_response_log_probs(
+            self.model,
+            batch["input_ids"],
+            batch["labels"],
+            return_token_entropy=True,
+            chunk_tokens=self.logprob_chunk_tokens,
+        )
+        mask = batch["response_mask"]  # (B, T)
+        loss, metrics = sft_loss(
+            out["log_probs"],
+            mask,
+            self.loss_aggregation,
+            self.normalize_constant,
+            token_normalizer=batch.get("token_normalizer"),
+        )
+        batch_size = mask.shape[0]
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size
+        )
+        self.log(
+            "train/nll_per_token",
+            masked_mean(-out["log_probs"].detach(), mask),
+            batch_size=batch_size,
+        )
+        self.log(
+            "train/token_entropy",
+            masked_mean(out["token_entropy"].detach(), mask),
+            batch_size=batch_size,
+        )
+        self.log(
+            "train/response_tokens", metrics["response_tokens"], on_step=True, batch_size=batch_size
+        )
+        self.log_throughput(int(batch["input_ids"].numel()))
+        return loss
