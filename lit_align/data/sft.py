@@ -117,7 +117,7 @@ class SFTDataModule(L.LightningDataModule):
         template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``);
             pre-formatted SFT prompts are used as they are.
         responses: ``given`` (the rows' responses) or ``reference`` (convert GSM8K/MATH reference
-            solutions into r1_zero responses).
+            solutions into r1_zero responses, or the XML format for ``gsm8k_chat``).
         limit: seeded subset size of the training set (128, 256, …; None: all).
         val_limit: seeded subset size of the validation set.
         correct_only: keep only examples whose response's answer grades correct.
@@ -236,7 +236,8 @@ class SFTDataModule(L.LightningDataModule):
                 self.train_source, self.split, self.limit, self.synthetic_size, self.seed
             )
             if self.responses == "reference":
-                examples = [reference_to_sft(e) for e in examples]
+                style = "xml" if self.template == "gsm8k_chat" else "r1_zero"
+                examples = [reference_to_sft(e, style) for e in examples]
             missing = sum(e.response is None for e in examples)
             if missing:
                 raise ValueError(

@@ -306,11 +306,12 @@ def filter_correct(examples: Sequence[Example]) -> list[Example]:
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
-def reference_to_sft(example: Example) -> Example:
-    """Turn a GSM8K/MATH reference solution into an r1_zero SFT pair.
+def reference_to_sft(example: Example, style: Literal["r1_zero", "xml"] = "r1_zero") -> Example:
+    """Turn a GSM8K/MATH reference solution into an SFT pair.
 
-    The response is `` {reasoning} </think> <answer> {final} </answer>``, following a prompt that
-    ends with ``<think>``; GSM8K calculator annotations (``<<48/2=24>>``) are removed.
+    ``r1_zero``: `` {reasoning} </think> <answer> {final} </answer>``, following a prompt that ends
+    with ``<think>``. ``xml``: the take-home's ``<reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>\\n``.
+    GSM8K calculator annotations (``<<48/2=24>>``) are removed.
     """
     solution = example.metadata.get("solution")
     if not solution:
@@ -320,4 +321,10 @@ def reference_to_sft(example: Example) -> Example:
         )
     reasoning = _CALCULATOR.sub("", solution).strip()
     final = example.answer if isinstance(example.answer, str) else example.answer[0]
-    return replace(example, response=f" {reasoning} </think> <answer> {final} </answer>")
+    if style == "xml":
+        response = f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{final}\n</answer>\n"
+    elif style == "r1_zero":
+        response = f" {reasoning} </think> <answer> {final} </answer>"
+    else:
+        raise ValueError(f"unknown style {style!r}; accepted values: r1_zero, xml")
+    return replace(example, response=response)

@@ -1,0 +1,105 @@
+"""HFEngine: n samples, stop strings kept, seeding, raw log-probs, weight loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_align.ops import get_response_log_probs
+from lit_align.rollout import HFEngine, SamplingConfig
+from lit_align.rollout.sync import sync_weights
+
+
+@pytest.fixture()
+def engine(tiny_model, tiny_tokenizer):
+    return HFEngine.from_policy(tiny_model, tiny_tokenizer, max_batch_size=2)
+
+
+def _ids(tok, texts):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_n_samples_prompt_major_and_seeded(engine, tiny_tokenizer):
+    prompts = _ids(tiny_tokenizer, ["User: What is 1 + 2?", "Hi", "Compute 7"])
+    cfg = SamplingConfig(n=3, max_new_tokens=12, seed=5)
+    out = engine.generate(prompts, cfg)
+    assert [c.prompt_index for c in out] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for c in out:
+        assert len(c.token_ids) == len(c.log_probs) == len(c.entropy) <= 12
+        assert (
+            c.text == tiny_tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            or c.finish_reason == "stop"
+        )
+    again = HFEngine.from_policy(engine.model, tiny_tokenizer, max_batch_size=2).generate(
+        prompts, cfg
+    )
+    assert [c.token_ids for c in again] == [
+        c.token_ids for c in out
+    ]  # same seed, same call → same samples
+
+
+def test_stop_string_is_kept_and_ends_the_text(engine, tiny_tokenizer):
+    out = engine.generate(
+        _ids(tiny_tokenizer, ["Hi", "User:"]),
+        SamplingConfig(n=4, max_new_tokens=40, stop=["e"], seed=1),
+    )
+    stopped = [c for c in out if c.finish_reason == "stop"]
+    assert stopped, "an untrained model emits an 'e' within 40 tokens"
+    by_string = [c for c in stopped if c.token_ids[-1] != tiny_tokenizer.eos_token_id]
+    assert by_string
+    for c in by_string:  # the text ends right after the first stop string, which is kept
+        assert c.text.endswith("e") and c.text.count("e") == 1
+    for c in out:
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 40 and "e" not in c.text
+
+
+def test_greedy_min_tokens_and_log_probs_match_trainer(engine, tiny_tokenizer):
+    prompt = _ids(tiny_tokenizer, ["User: What is 3 + 4?\nAssistant: <think>"])
+    (c,) = engine.generate(
+        prompt, SamplingConfig(temperature=0.0, max_new_tokens=10, min_new_tokens=10)
+    )
+    assert len(c.token_ids) == 10 and c.finish_reason == "length"
+    full = torch.tensor([prompt[0] + c.token_ids])
+    with torch.no_grad():
+        ref = get_response_log_probs(
+            engine.model, full[:, :-1], full[:, 1:], return_token_entropy=True
+        )
+    p = len(prompt[0])
+    torch.testing.assert_close(
+        torch.tensor(c.log_probs), ref["log_probs"][0, p - 1 :], rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        torch.tensor(c.entropy), ref["token_entropy"][0, p - 1 :], rtol=1e-5, atol=1e-5
+    )
+    # Greedy picks the arg-max: each sampled token's log-prob is the row maximum.
+    with torch.no_grad():
+        logits = engine.model(full).logits[0, p - 1 : -1]
+    assert torch.equal(logits.argmax(-1), torch.tensor(c.token_ids))
+
+
+def test_load_weights_makes_engine_equal_to_policy(tiny_model, tiny_tokenizer):
+    engine = HFEngine.from_policy(tiny_model, tiny_tokenizer)
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    assert not torch.equal(next(engine.model.parameters()), next(tiny_model.parameters()))
+    sync_weights(engine, tiny_model, step=7)
+    for (name, a), b in zip(engine.model.named_parameters(), tiny_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert engine.synced_step == 7
+    # Wrapper prefixes (DDP "module.", compile "_orig_mod.") are stripped.
+    engine.load_weights(
+        [("module._orig_mod.model.norm.weight", torch.ones_like(tiny_model.model.norm.weight))]
+    )
+    with pytest.raises(KeyError, match="not in the engine's model"):
+        engine.load_weights([("bogus.weight", torch.zeros(1))])
+
+
+def test_bad_sampling_configs():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        SamplingConfig(max_new_tokens=4, min_new_tokens=5)
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingConfig(n=0)

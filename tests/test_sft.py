@@ -1,0 +1,110 @@
+"""SFT: accumulation invariance, exact token normalizers, resume = uninterrupted run."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_align.data import SFTDataModule
+from lit_align.data.sft import WindowBatchSampler
+from lit_align.modules import SFTModule
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.5)
+
+
+def _trainer(**kw):
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    return L.Trainer(**{**defaults, **kw})
+
+
+def _fit(micro, accumulate, size=8, aggregation="token_mean", **trainer_kw):
+    module = SFTModule(
+        "tiny",
+        dtype="float32",
+        optimizer=_sgd,
+        loss_aggregation=aggregation,
+        normalize_constant=4.0,
+    )
+    dm = SFTDataModule(
+        "synthetic:addition", template="demo", synthetic_size=size, micro_batch_size=micro
+    )
+    _trainer(accumulate_grad_batches=accumulate, **trainer_kw).fit(module, dm)
+    return module
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sum_norm"])
+def test_accumulation_invariance_micro1x4_equals_micro4x1(aggregation):
+    a = _fit(micro=1, accumulate=4, size=4, aggregation=aggregation, max_steps=1)
+    b = _fit(micro=4, accumulate=1, size=4, aggregation=aggregation, max_steps=1)
+    start = SFTModule("tiny", dtype="float32").model
+    moved = 0.0
+    for (name, pa), pb, p0 in zip(
+        a.model.named_parameters(), b.model.parameters(), start.parameters(), strict=True
+    ):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+        moved = max(moved, (pa - p0).abs().max().item())
+    assert moved > 1e-3  # one real step was taken
+
+
+def test_window_normalizers_sum_to_the_exact_token_mean():
+    counts = [3, 5, 7, 11, 13, 2, 4]
+    sampler = WindowBatchSampler(counts, micro_batch_size=2, accumulate=2, seed=1)
+    batches = list(sampler)
+    assert (
+        sorted(i for b in batches for i, _ in b) == list(range(7))
+        and len(batches) == len(sampler) == 4
+    )
+    # Each window: Σ_microbatch (tokens_b / normalizer) / accumulate = 1, i.e. a token mean.
+    for w in range(0, len(batches), 2):
+        window = batches[w : w + 2]
+        total = sum(sum(counts[i] for i, _ in b) / b[0][1] for b in window) / 2
+        assert total == pytest.approx(1.0)
+    sampler.set_epoch(1)
+    assert [i for b in sampler for i, _ in b] != [i for b in batches for i, _ in b]
+    ranks = [[i for b in WindowBatchSampler(counts, 2, 1, 0, r, 2) for i, _ in b] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3 and not set(ranks[0]) & set(ranks[1])
+
+
+def test_resume_from_checkpoint_continues_identically(tmp_path):
+    kw = dict(size=16, micro=4, accumulate=2)
+    full = _fit(max_epochs=2, **kw)
+
+    ckpt_dir = tmp_path / "ckpt"
+    module = SFTModule("tiny", dtype="float32", optimizer=_sgd)
+    dm = SFTDataModule("synthetic:addition", template="demo", synthetic_size=16, micro_batch_size=4)
+    callback = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    _trainer(
+        accumulate_grad_batches=2, max_epochs=1, enable_checkpointing=True, callbacks=[callback]
+    ).fit(module, dm)
+
+    resumed = SFTModule("tiny", dtype="float32", optimizer=_sgd)
+    dm = SFTDataModule("synthetic:addition", template="demo", synthetic_size=16, micro_batch_size=4)
+    trainer = _trainer(accumulate_grad_batches=2, max_epochs=2)
+    trainer.fit(resumed, dm, ckpt_path=str(ckpt_dir / "last.ckpt"))
+    assert trainer.global_step == 4
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_sft_datamodule_errors_name_the_fix(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "Q", "answer": "#### 1"}\n')
+    module = SFTModule("tiny", dtype="float32")
+    dm = SFTDataModule(str(path), template="demo")
+    with pytest.raises(ValueError, match="set responses: reference"):
+        _trainer(max_steps=1).fit(module, dm)
+    with pytest.raises(ValueError, match="accepted values: token_mean, sum_norm"):
+        SFTModule("tiny", loss_aggregation="mean")
