@@ -103,3 +103,21 @@ def test_bad_sampling_configs():
         SamplingConfig(max_new_tokens=4, min_new_tokens=5)
     with pytest.raises(ValueError, match="n must be"):
         SamplingConfig(n=0)
+
+
+def test_samples_do_not_depend_on_the_batch(tiny_model, tiny_tokenizer):
+    """What makes DDP shards and a single process draw the same rollouts."""
+    prompts = _ids(tiny_tokenizer, ["User: What is 1 + 2?", "Hi", "Compute 7 + 8", "x"])
+    cfg = SamplingConfig(n=2, max_new_tokens=10, seed=11, top_p=0.9)
+    together = HFEngine.from_policy(tiny_model, tiny_tokenizer, max_batch_size=4).generate(
+        prompts, cfg
+    )
+    alone = HFEngine.from_policy(tiny_model, tiny_tokenizer, max_batch_size=1).generate(
+        prompts[2:3], cfg
+    )
+    assert [c.token_ids for c in together[4:6]] == [c.token_ids for c in alone]
+    other_seed = HFEngine.from_policy(tiny_model, tiny_tokenizer).generate(
+        prompts, SamplingConfig(n=2, max_new_tokens=10, seed=12)
+    )
+    assert [c.token_ids for c in other_seed] != [c.token_ids for c in together]
+    assert together[0].token_ids != together[1].token_ids  # the n samples of a prompt differ

@@ -9,11 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["GSM8K_SYSTEM_PROMPT", "TemplateName", "format_prompt", "stop_strings_for"]
+__all__ = [
+    "GSM8K_SYSTEM_PROMPT",
+    "TEMPLATE_NAMES",
+    "TemplateName",
+    "format_prompt",
+    "stop_strings_for",
+]
 
 TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo"]
+TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
 # The take-home's reasoning/answer XML format, asked for in the system prompt.
 GSM8K_SYSTEM_PROMPT = (

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.evaluation import log_generations
 from lit_align.models import AttnImpl, load_model_and_tokenizer
-from lit_align.rewards.evaluators import MathEvaluator, RewardEvaluator
+from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.sync import sync_weights
 
@@ -39,7 +39,6 @@ class PolicyModule(L.LightningModule):
         optimizer: a callable ``params -> Optimizer``; default AdamW(lr 1e-5, β=(0.9, 0.95), wd 0).
         lr_scheduler: a callable ``optimizer -> scheduler`` stepped every optimizer step, e.g.
             ``lit_align.modules.schedules.WarmupCosine``; None: constant rate.
-        evaluator: scores validation generations (default ``MathEvaluator("r1_zero")``).
         val_sampling: sampling for validation (default greedy, 1024 new tokens, stop ``</answer>``).
         log_samples: generations written to TensorBoard text at each validation.
         logprob_chunk_tokens: tokens per LM-head chunk in the log-prob computation.
@@ -54,17 +53,15 @@ class PolicyModule(L.LightningModule):
         trust_remote_code: bool = False,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
-        evaluator: RewardEvaluator | None = None,
         val_sampling: SamplingConfig | None = None,
         log_samples: int = 4,
         logprob_chunk_tokens: int = 256,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "evaluator"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.model_name_or_path = model_name_or_path
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
-        self.evaluator = evaluator if evaluator is not None else MathEvaluator("r1_zero")
         self.val_sampling = val_sampling or SamplingConfig(
             temperature=0.0, max_new_tokens=1024, stop=["</answer>"]
         )
@@ -131,7 +128,13 @@ class PolicyModule(L.LightningModule):
 
     @property
     def engine(self) -> Any:
+        """The DataModule's rollout engine."""
         return self.trainer.datamodule.engine
+
+    @property
+    def evaluator(self) -> RewardEvaluator:
+        """The DataModule's evaluator: the data defines the task and how it is graded."""
+        return self.trainer.datamodule.evaluator
 
     def on_validation_start(self) -> None:
         engine = self.engine

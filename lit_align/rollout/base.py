@@ -22,7 +22,8 @@ class SamplingConfig:
         max_new_tokens: generation budget per sample.
         min_new_tokens: end-of-sequence is suppressed before this many tokens.
         stop: stop strings; generation ends after one appears, and it is kept in the text.
-        seed: base seed; each call of an engine advances it, so runs are reproducible.
+        seed: sampling seed; the HF engine derives each row's stream from (seed, prompt, sample
+            index), so a prompt's samples do not depend on its batch. Vary it per round.
     """
 
     n: int = 1

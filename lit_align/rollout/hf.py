@@ -10,11 +10,13 @@ model (temperature 1), computed exactly as the trainer computes them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from lit_align.ops import get_response_log_probs
 from lit_align.rollout.base import Completion, SamplingConfig
@@ -39,6 +41,38 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
+class _RowSampler:
+    """A logits processor that samples each row with its own generator (temperature, top-p).
+
+    ``generate`` runs greedy over what this returns (only the sampled token stays finite), so a
+    row's samples depend on its seed alone, never on the batch it shares: DDP ranks and a single
+    process draw the same completions for the same prompt.
+    """
+
+    def __init__(
+        self, seeds: list[int], temperature: float, top_p: float, device: torch.device
+    ) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (rows, V)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest nucleus
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+        picks = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        )  # (rows, 1)
+        return torch.full_like(scores, float("-inf")).scatter(-1, picks, 0.0)
+
+
+def _row_seed(seed: int, prompt: list[int], sample: int) -> int:
+    """A 63-bit seed from (seed, prompt tokens, sample index)."""
+    digest = hashlib.blake2b(repr((seed, prompt, sample)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class HFEngine:
     """Batched sampling with a private copy of a Hugging Face causal LM.
 
@@ -56,7 +90,6 @@ class HFEngine:
             p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self._calls = 0
         self.synced_step: int | None = None  # global step whose weights the engine holds
 
     @classmethod
@@ -159,34 +192,32 @@ class HFEngine:
             raise ValueError("every prompt needs at least one token")
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        seed = sampling.seed * 1_000_003 + self._calls  # distinct streams per (seed, call)
-        self._calls += 1
         results: list[Completion] = []
         for start in range(0, len(prompt_token_ids), self.max_batch_size):
             batch = [list(p) for p in prompt_token_ids[start : start + self.max_batch_size]]
             width = max(len(p) for p in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, p in enumerate(batch):  # left padding: generation continues every row
+            rows = [p for p in batch for _ in range(sampling.n)]  # prompt-major, n rows each
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, p in enumerate(rows):  # left padding: generation continues every row
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
             kwargs: dict[str, Any] = {
                 "max_new_tokens": sampling.max_new_tokens,
                 "min_new_tokens": sampling.min_new_tokens,
-                "num_return_sequences": sampling.n,
                 "pad_token_id": pad,
                 "eos_token_id": sorted(self._eos_ids) or None,
-                "do_sample": sampling.temperature > 0,
+                "do_sample": False,  # sampling happens in _RowSampler, row by row
             }
             if sampling.temperature > 0:
-                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+                seeds = [_row_seed(sampling.seed, p, j) for p in batch for j in range(sampling.n)]
+                sampler = _RowSampler(seeds, sampling.temperature, sampling.top_p, device)
+                kwargs["logits_processor"] = LogitsProcessorList([sampler])
             if sampling.stop:
                 kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed + start)
-                out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
-                )
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
+            )
             generated = out[:, width:].tolist()  # (len(batch) * n, steps)
             cut = [self._cut(g, sampling) for g in generated]
             prompts = [batch[k // sampling.n] for k in range(len(generated))]

@@ -1,0 +1,165 @@
+"""What SFT and rollout DataModules share: the task (template, evaluator), validation prompts,
+the rollout engine they own, and the wiring to the LightningModule's tokenizer and policy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from lit_align.data.sources import Example, Layout, load_examples
+from lit_align.data.templates import TEMPLATE_NAMES, TemplateName, format_prompt
+from lit_align.rewards.evaluators import MathEvaluator, RewardEvaluator
+from lit_align.rollout.sync import EngineConfig, build_engine
+
+__all__ = ["PromptDataset", "TaskDataModule"]
+
+
+class PromptDataset(Dataset):
+    """Prompts (text and token ids) with their ground-truth answers, for generation."""
+
+    def __init__(self, prompts: list[str], prompt_ids: list[list[int]], answers: list[Any]) -> None:
+        self.rows = [
+            {"prompt": p, "prompt_ids": i, "answer": a}
+            for p, i, a in zip(prompts, prompt_ids, answers, strict=True)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Base of the lit_align DataModules.
+
+    The tokenizer and the policy come from the LightningModule (its ``tokenizer`` and ``model``);
+    the DataModule owns the rollout engine (``engine``), built on first use.
+
+    Args:
+        val_source: validation prompts: JSONL path, ``hf:NAME`` or ``synthetic:TASK``; None
+            disables validation.
+        template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``).
+        evaluator: grades generations (training rewards for rollouts, validation for both);
+            default ``MathEvaluator("r1_zero")``.
+        val_limit: seeded subset size of the validation set (synthetic tasks: its size, default 64).
+        val_batch_size: prompts per validation generation batch.
+        seed: seed of subsets, shuffles and sampling.
+        on_error: ``raise`` on a malformed row (file, line and field named) or ``skip`` it.
+        layout: row layout of local files (``auto`` detects it).
+        split: split of ``hf:`` training sources.
+        val_split: split of ``hf:`` validation sources.
+        hf_config: configuration of ``hf:`` sources (``main`` for ``openai/gsm8k``).
+        engine: rollout engine settings (``backend: hf`` or ``vllm``).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        val_source: str | None = None,
+        template: TemplateName = "r1_zero",
+        evaluator: RewardEvaluator | None = None,
+        val_limit: int | None = None,
+        val_batch_size: int = 32,
+        seed: int = 0,
+        on_error: Literal["raise", "skip"] = "raise",
+        layout: Layout = "auto",
+        split: str = "train",
+        val_split: str = "test",
+        hf_config: str | None = None,
+        engine: EngineConfig | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if val_batch_size < 1:
+            raise ValueError(f"val_batch_size must be >= 1, got {val_batch_size}")
+        if template not in TEMPLATE_NAMES:
+            raise ValueError(
+                f"unknown template {template!r}; accepted values: {', '.join(TEMPLATE_NAMES)}"
+            )
+        self.val_source = val_source
+        self.template = template
+        self.evaluator = evaluator if evaluator is not None else MathEvaluator("r1_zero")
+        self.val_limit = val_limit
+        self.val_batch_size = val_batch_size
+        self.seed = seed
+        self.on_error = on_error
+        self.layout = layout
+        self.split, self.val_split = split, val_split
+        self.hf_config = hf_config
+        self.engine_config = engine or EngineConfig()
+        self.num_workers = num_workers
+        self._engine: Any = None
+        self._val: PromptDataset | None = None
+
+    # ------------------------------------------------------------------ wiring
+
+    @property
+    def module(self) -> Any:
+        if self.trainer is None or self.trainer.lightning_module is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs a Trainer with a LightningModule (tokenizer, model)"
+            )
+        return self.trainer.lightning_module
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.module.tokenizer
+
+    @property
+    def engine(self) -> Any:
+        """The rollout engine, built on first use from the module's policy."""
+        if self._engine is None:
+            module = self.module
+            self._engine = build_engine(
+                self.engine_config, module.model, module.tokenizer, module.model_name_or_path
+            )
+        return self._engine
+
+    def load(
+        self, source: str, split: str, limit: int | None, seed: int, size: int = 1024
+    ) -> list[Example]:
+        return load_examples(
+            source,
+            split=split,
+            layout=self.layout,
+            limit=limit,
+            seed=seed,
+            on_error=self.on_error,
+            hf_config=self.hf_config,
+            size=size,
+        )
+
+    def prompt_text(self, example: Example) -> str:
+        if example.prompt is not None:
+            return example.prompt
+        return format_prompt(self.template, example.question, self.tokenizer)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ validation
+
+    def setup_validation(self) -> None:
+        if self._val is None and self.val_source:
+            # Another seed, so synthetic validation problems are drawn independently of training.
+            examples = self.load(
+                self.val_source, self.val_split, self.val_limit, self.seed + 1, self.val_limit or 64
+            )
+            prompts = [self.prompt_text(e) for e in examples]
+            self._val = PromptDataset(
+                prompts, [self.prompt_ids(p) for p in prompts], [e.answer for e in examples]
+            )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._val is None:
+            return []
+        return DataLoader(
+            self._val, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_list
+        )
