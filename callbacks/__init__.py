@@ -1,5 +1,7 @@
 """Lightning callbacks of lit_align (installed as ``lit_align.callbacks``)."""
 
 from lit_align.callbacks.hf_export import HFExport
+from lit_align.callbacks.monitoring import GenerationSamples, Throughput
+from lit_align.callbacks.weight_sync import WeightSync
 
-__all__ = ["HFExport"]
+__all__ = ["GenerationSamples", "HFExport", "Throughput", "WeightSync"]

@@ -18,18 +18,23 @@ class HFExport(L.Callback):
     """``save_pretrained`` of the model and tokenizer when fit ends, loadable by transformers and vLLM.
 
     Args:
-        dirname: folder name inside the run's log directory (or an absolute path).
+        dirname: folder name inside the run's log directory, or, with ``in_log_dir: false``, a
+            path of its own (relative to the working directory).
+        in_log_dir: place ``dirname`` inside the run's log directory.
         safe_serialization: write safetensors.
     """
 
-    def __init__(self, dirname: str = "hf_model", safe_serialization: bool = True) -> None:
+    def __init__(
+        self, dirname: str = "hf_model", in_log_dir: bool = True, safe_serialization: bool = True
+    ) -> None:
         self.dirname = dirname
+        self.in_log_dir = in_log_dir
         self.safe_serialization = safe_serialization
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         root = Path(trainer.log_dir or trainer.default_root_dir)
-        path = Path(self.dirname) if Path(self.dirname).is_absolute() else root / self.dirname
+        path = root / self.dirname if self.in_log_dir else Path(self.dirname)
         state = dict(full_state_items(pl_module.model))  # every rank joins a sharded gather
         if trainer.is_global_zero:
             path.mkdir(parents=True, exist_ok=True)

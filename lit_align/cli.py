@@ -12,11 +12,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from lit_align.modules.base import PolicyModule
 from lit_align.rewards.evaluators import RewardEvaluator
 
 __all__ = ["LitAlignCLI", "main", "run_eval"]
@@ -24,17 +22,60 @@ __all__ = ["LitAlignCLI", "main", "run_eval"]
 
 class LitAlignCLI(LightningCLI):
     """LightningCLI in subclass mode over lit_align's modules (SFTModule, GRPOModule) and
-    DataModules; the resolved config is saved in each run directory."""
+    DataModules; the resolved config is saved in each run directory.
 
-    def __init__(self, args: list[str] | None = None) -> None:
-        super().__init__(
-            PolicyModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
+    ``warm_start`` runs another config first when its output is missing (the GRPO demo starts
+    from a short SFT run that the same command performs).
+    """
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        from jsonargparse.typing import Path_fr
+
+        parser.add_argument(
+            "--warm_start.config",
+            type=Path_fr | None,
+            default=None,
+            help="a config to fit first when warm_start.output does not exist (e.g. a short SFT "
+            "run); relative to the config file that names it",
         )
+        parser.add_argument(
+            "--warm_start.output",
+            type=str | None,
+            default=None,
+            help="the directory that warm_start.config produces (an HF model to start from)",
+        )
+        parser.add_argument(
+            "--warm_start.args",
+            type=list[str],
+            default=[],
+            help="extra command-line arguments for the warm-start run",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        warm = config.get("warm_start")
+        if not warm or not warm.get("config") or not warm.get("output"):
+            return
+        from pathlib import Path
+
+        if Path(warm["output"]).exists():
+            return
+        warm_config = warm["config"].absolute
+        print(f"lit_align: {warm['output']} is missing; running the warm start {warm_config} first")
+        import subprocess
+
+        command = [
+            sys.executable,
+            "-m",
+            "lit_align.cli",
+            "fit",
+            "--config",
+            warm_config,
+            *warm.get("args", []),
+        ]
+        subprocess.run(command, check=True)
+        if not Path(warm["output"]).exists():
+            raise FileNotFoundError(f"warm start {warm_config} did not produce {warm['output']}")
 
 
 def run_eval(
@@ -84,20 +125,16 @@ def run_eval(
     """
     from tqdm.auto import tqdm
 
+    from lit_align.data.base import default_evaluator
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import stop_strings_for
     from lit_align.evaluation import evaluate, format_summary, summarize
     from lit_align.models import load_model_and_tokenizer
-    from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator
     from lit_align.rollout.base import SamplingConfig
     from lit_align.rollout.sync import EngineConfig, build_engine
 
     if evaluator is None:
-        evaluator = (
-            GSM8kEvaluator()
-            if template == "gsm8k_chat"
-            else MathEvaluator("question_only" if template == "question_only" else "r1_zero")
-        )
+        evaluator = default_evaluator(template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
     policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
     if backend == "hf" and torch.cuda.is_available():

@@ -336,25 +336,32 @@ def kl_penalty(
     return _KL_ESTIMATORS[estimator](policy_log_probs - ref_log_probs)
 
 
+def _seq_mean(per_sequence: Tensor, sequences: float | None) -> Tensor:
+    # (B,) → scalar: the batch mean, or the sum ÷ a window-wide sequence count.
+    return per_sequence.mean() if sequences is None else per_sequence.sum() / sequences
+
+
 def _agg_seq_mean_token_mean(
-    loss: Tensor, mask: Tensor, constant: float, tokens: float | None
+    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
 ) -> Tensor:
-    return masked_mean(loss, mask, dim=-1).mean()
+    return _seq_mean(masked_mean(loss, mask, dim=-1), sequences)
 
 
-def _agg_token_mean(loss: Tensor, mask: Tensor, constant: float, tokens: float | None) -> Tensor:
+def _agg_token_mean(
+    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
+) -> Tensor:
     if tokens is None:
         return masked_mean(loss, mask)
     return masked_normalize(loss, mask, tokens)
 
 
 def _agg_seq_mean_token_sum_norm(
-    loss: Tensor, mask: Tensor, constant: float, tokens: float | None
+    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
 ) -> Tensor:
-    return masked_normalize(loss, mask, constant, dim=-1).mean()
+    return _seq_mean(masked_normalize(loss, mask, constant, dim=-1), sequences)
 
 
-_AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, float, float | None], Tensor]] = {
+_AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
     "seq_mean_token_mean": _agg_seq_mean_token_mean,
     "token_mean": _agg_token_mean,
     "seq_mean_token_sum_norm": _agg_seq_mean_token_sum_norm,
@@ -367,6 +374,7 @@ def aggregate_loss(
     aggregation: Aggregation = "seq_mean_token_mean",
     normalize_constant: float = 1.0,
     token_normalizer: float | None = None,
+    sequence_normalizer: float | None = None,
 ) -> Tensor:
     """Reduce a (B, T) per-token loss to a scalar.
 
@@ -381,11 +389,15 @@ def aggregate_loss(
         token_normalizer: for ``token_mean`` under gradient accumulation: divide the token sum by
             this number instead of the micro-batch's own token count. Pass (tokens in the whole
             accumulation window) / (accumulation steps) to get DAPO's exact per-batch token mean.
+        sequence_normalizer: the same for the ``seq_mean_*`` aggregations: divide the sum of the
+            per-sequence values by this instead of B. Pass (sequences that count in the window) /
+            (accumulation steps), so sequences dropped from the loss (an all-zero mask row) do not
+            dilute the mean.
     """
     _check_choice("aggregation", aggregation, list(_AGGREGATIONS))
     _check_same_shape("response_mask", response_mask, "per_token_loss", per_token_loss)
     return _AGGREGATIONS[aggregation](
-        per_token_loss, response_mask, normalize_constant, token_normalizer
+        per_token_loss, response_mask, normalize_constant, token_normalizer, sequence_normalizer
     )
 
 
@@ -410,6 +422,7 @@ def policy_loss(
     aggregation: Aggregation = "seq_mean_token_mean",
     normalize_constant: float = 1.0,
     token_normalizer: float | None = None,
+    sequence_normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The whole policy-gradient family in one function.
 
@@ -434,6 +447,7 @@ def policy_loss(
         aggregation: see :func:`aggregate_loss`.
         normalize_constant: for ``seq_mean_token_sum_norm``.
         token_normalizer: for ``token_mean`` across micro-batches (see :func:`aggregate_loss`).
+        sequence_normalizer: for the ``seq_mean_*`` aggregations (see :func:`aggregate_loss`).
 
     Returns:
         (scalar loss, metrics): ``pg_loss``, ``kl`` (masked mean), ``clip_frac``,
@@ -466,7 +480,7 @@ def policy_loss(
         metrics["tis_weight_mean"] = masked_mean(tis_w, mask).detach()
 
     metrics["pg_loss"] = aggregate_loss(
-        per_token, mask, aggregation, normalize_constant, token_normalizer
+        per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
     ).detach()
     if kl_coef != 0.0 and ref_log_probs is None:
         raise ValueError(f"kl_coef={kl_coef} needs `ref_log_probs`; it was not given")
@@ -492,7 +506,9 @@ def policy_loss(
                 name = "clip_frac" + key.removeprefix("clipped")
                 metrics[name] = masked_mean(meta[key].to(mask.dtype), mask).detach()
 
-    loss = aggregate_loss(per_token, mask, aggregation, normalize_constant, token_normalizer)
+    loss = aggregate_loss(
+        per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
+    )
     return loss, metrics
 
 
@@ -515,7 +531,7 @@ def sft_loss(
     """
     _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     if aggregation == "token_mean":
-        loss = -_agg_token_mean(policy_log_probs, response_mask, 1.0, token_normalizer)
+        loss = -_agg_token_mean(policy_log_probs, response_mask, 1.0, token_normalizer, None)
     elif aggregation == "sum_norm":
         loss = -masked_normalize(policy_log_probs, response_mask, normalize_constant, dim=-1).mean()
     else:

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "CausalLMLogProbs",
     "compute_entropy",
     "get_response_log_probs",
     "masked_mean",
@@ -215,3 +216,28 @@ def naive_response_log_probs(
     if return_token_entropy:
         out["token_entropy"] = compute_entropy(logits)
     return out
+
+
+class CausalLMLogProbs(torch.nn.Module):
+    """A causal LM whose forward returns per-token log-probs (and entropy) of given labels.
+
+    Training calls this module rather than the LM, so under FSDP2 the whole computation,
+    LM-head chunks included, happens inside one root forward, where the root's sharded
+    parameters (embeddings, final norm, LM head) are gathered.
+
+    Args:
+        model: a Hugging Face ``*ForCausalLM``.
+        chunk_tokens: tokens per LM-head chunk (see :func:`get_response_log_probs`).
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 256) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(
+        self, input_ids: Tensor, labels: Tensor, return_token_entropy: bool = False
+    ) -> dict[str, Tensor]:
+        return get_response_log_probs(
+            self.model, input_ids, labels, return_token_entropy, chunk_tokens=self.chunk_tokens
+        )

@@ -103,3 +103,51 @@ def test_every_config_parses(config, capsys):
 def test_cli_help_and_unknown_subcommand(capsys):
     assert main(["--help"]) == 0
     assert "lit_align eval" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
+    """The README's GRPO demo, from a clean directory: warm start, then 30 rounds (~6 min)."""
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/demo/grpo.yaml"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    (run,) = (tmp_path / "runs" / "demo_grpo").glob("version_*")
+    scalars = _scalars(run)
+    acc = scalars["val/accuracy"]
+    assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
+    for tag in (
+        "train/loss",
+        "train/grad_norm",
+        "train/token_entropy",
+        "train/clip_frac",
+        "train/clip_frac_low",
+        "train/clip_frac_high",
+        "train/ratio_mean",
+        "train/ratio_min",
+        "train/ratio_max",
+        "train/engine_logprob_mismatch",
+        "rollout/reward",
+        "rollout/format_reward",
+        "rollout/answer_reward",
+        "rollout/response_length_mean",
+        "rollout/response_length_min",
+        "rollout/response_length_max",
+        "rollout/response_length_correct",
+        "rollout/response_length_incorrect",
+        "rollout/truncated_frac",
+        "rollout/zero_variance_group_frac",
+        "time/rollout_s",
+        "time/train_s",
+        "time/weight_sync_s",
+        "val/reward",
+        "val/format_rate",
+    ):
+        assert tag in scalars, tag
+    assert (run / "hf_model" / "config.json").exists()

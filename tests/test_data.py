@@ -108,7 +108,7 @@ def test_missing_file_and_bad_options(tmp_path):
         load_examples(str(tmp_path / "nope.jsonl"))
     with pytest.raises(ValueError, match="accepted values: raise, skip"):
         load_examples("synthetic:addition", on_error="ignore")
-    with pytest.raises(ValueError, match="accepted values: addition, copy"):
+    with pytest.raises(ValueError, match="accepted values: addition, addition_noisy, copy"):
         load_examples("synthetic:division")
 
 

@@ -368,3 +368,17 @@ def test_on_policy_identities():
     )
     assert m["ratio_min"].item() == m["ratio_max"].item() == 1.0
     assert m["clip_frac"].item() == 0.0
+
+
+def test_sequence_normalizer_drops_masked_rows_from_the_mean():
+    loss = torch.tensor([[1.0, 3.0], [5.0, 5.0], [9.0, 9.0]])
+    mask = torch.tensor([[1, 1], [1, 0], [0, 0]])  # row 2 dropped from the loss
+    # per-sequence means 2, 5, 0 → sum 7 over the 2 sequences that count = 3.5 (plain mean: 7/3)
+    assert aggregate_loss(
+        loss, mask, "seq_mean_token_mean", sequence_normalizer=2.0
+    ).item() == pytest.approx(3.5)
+    assert aggregate_loss(loss, mask, "seq_mean_token_mean").item() == pytest.approx(7 / 3)
+    # Dr. GRPO: sums 4, 5, 0 ÷ constant 2 → 2, 2.5, 0 → ÷ 2 sequences
+    assert aggregate_loss(
+        loss, mask, "seq_mean_token_sum_norm", 2.0, sequence_normalizer=2.0
+    ).item() == pytest.approx(2.25)

@@ -74,8 +74,25 @@ def test_window_normalizers_sum_to_the_exact_token_mean():
         assert total == pytest.approx(1.0)
     sampler.set_epoch(1)
     assert [i for b in sampler for i, _ in b] != [i for b in batches for i, _ in b]
-    ranks = [[i for b in WindowBatchSampler(counts, 2, 1, 0, r, 2) for i, _ in b] for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 3 and not set(ranks[0]) & set(ranks[1])
+
+
+def test_ranks_split_each_window_like_one_process_with_more_accumulation():
+    counts = list(range(1, 17))
+    single = list(WindowBatchSampler(counts, micro_batch_size=2, accumulate=4, seed=3))
+    ranks = [list(WindowBatchSampler(counts, 2, 2, 3, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    for w in range(2):  # global window w: single's micro-batches 4w..4w+3, ranks' 2w..2w+1
+        single_window = {i for b in single[4 * w : 4 * w + 4] for i, _ in b}
+        rank_window = {i for r in ranks for b in r[2 * w : 2 * w + 2] for i, _ in b}
+        assert single_window == rank_window
+        # DDP averages over 2 ranks and Lightning divides by accumulate 2: the same token mean.
+        total = (
+            sum(sum(counts[i] for i, _ in b) / b[0][1] for r in ranks for b in r[2 * w : 2 * w + 2])
+            / 2
+            / 2
+        )
+        assert total == pytest.approx(1.0)
+        assert ranks[0][2 * w][0][1] == single[4 * w][0][1]  # same normalizer as the single process
 
 
 def test_resume_from_checkpoint_continues_identically(tmp_path):

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.sources import Example, Layout, load_examples
 from lit_align.data.templates import TEMPLATE_NAMES, TemplateName, format_prompt
-from lit_align.rewards.evaluators import MathEvaluator, RewardEvaluator
+from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
 from lit_align.rollout.sync import EngineConfig, build_engine
 
-__all__ = ["PromptDataset", "TaskDataModule"]
+__all__ = ["PromptDataset", "TaskDataModule", "default_evaluator"]
 
 
 class PromptDataset(Dataset):
@@ -36,6 +36,13 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+def default_evaluator(template: str) -> RewardEvaluator:
+    """The evaluator that grades a template's answer format."""
+    if template == "gsm8k_chat":
+        return GSM8kEvaluator()
+    return MathEvaluator("question_only" if template == "question_only" else "r1_zero")
+
+
 class TaskDataModule(L.LightningDataModule):
     """Base of the lit_align DataModules.
 
@@ -47,7 +54,8 @@ class TaskDataModule(L.LightningDataModule):
             disables validation.
         template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``).
         evaluator: grades generations (training rewards for rollouts, validation for both);
-            default ``MathEvaluator("r1_zero")``.
+            default: the template's (``MathEvaluator`` of the r1_zero or question_only format,
+            ``GSM8kEvaluator`` for ``gsm8k_chat``), so switching the template is one flag.
         val_limit: seeded subset size of the validation set (synthetic tasks: its size, default 64).
         val_batch_size: prompts per validation generation batch.
         seed: seed of subsets, shuffles and sampling.
@@ -85,7 +93,7 @@ class TaskDataModule(L.LightningDataModule):
             )
         self.val_source = val_source
         self.template = template
-        self.evaluator = evaluator if evaluator is not None else MathEvaluator("r1_zero")
+        self.evaluator = evaluator if evaluator is not None else default_evaluator(template)
         self.val_limit = val_limit
         self.val_batch_size = val_batch_size
         self.seed = seed
@@ -143,6 +151,18 @@ class TaskDataModule(L.LightningDataModule):
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def check_sharding(self) -> None:
+        """lit_align shards data itself (by window or by rollout round); Lightning must not."""
+        trainer = self.trainer
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
+        ):
+            raise ValueError(
+                f"{type(self).__name__} shards the data across ranks itself; set trainer.use_distributed_sampler: false"
+            )
 
     # ------------------------------------------------------------------ validation
 

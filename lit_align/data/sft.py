@@ -16,16 +16,21 @@ __all__ = ["SFTDataModule", "WindowBatchSampler"]
 
 
 class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
-    """Shuffled micro-batches, grouped in accumulation windows; each index carries its window's
-    token normalizer (response tokens in the window ÷ accumulation steps), so the per-micro-batch
-    token sums add up to the exact token mean of the window.
+    """Shuffled micro-batches grouped in accumulation windows, sharded window by window.
+
+    Each global window holds ``micro_batch_size × accumulate × world_size`` examples of the
+    epoch's seeded permutation; every rank takes its equal slice of every window. Each index
+    carries the window's token normalizer, (response tokens in the whole window) ÷ (accumulate ×
+    world_size): per-micro-batch token sums divided by it, averaged over ranks (DDP) and
+    accumulated (÷ accumulate) add up to the exact token mean of the window. So one process with
+    ``accumulate × world_size`` steps sees the same windows and takes the same steps.
 
     Args:
         token_counts: response tokens of each example.
         micro_batch_size: examples per micro-batch.
-        accumulate: micro-batches per optimizer step.
+        accumulate: micro-batches per optimizer step (per rank).
         seed: shuffle seed; the order depends on (seed, epoch) only, so resumed runs replay it.
-        rank: this process's rank; ranks take disjoint, equally long slices.
+        rank: this process's rank.
         world_size: number of ranks.
     """
 
@@ -48,27 +53,29 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _micro_batches(self) -> list[list[int]]:
+    def _windows(self) -> Iterator[list[int]]:
         order = list(range(len(self.token_counts)))
         random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
-        per_rank = len(order) // self.world_size
-        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
-        return [
-            mine[i : i + self.micro_batch_size] for i in range(0, len(mine), self.micro_batch_size)
-        ]
+        size = self.micro_batch_size * self.accumulate * self.world_size
+        for start in range(0, len(order), size):
+            window = order[start : start + size]
+            window = window[: len(window) // self.world_size * self.world_size]  # equal rank slices
+            if window:
+                yield window
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
-        batches = self._micro_batches()
-        for w in range(0, len(batches), self.accumulate):
-            window = batches[w : w + self.accumulate]
-            tokens = sum(self.token_counts[i] for b in window for i in b)
-            normalizer = max(tokens, 1) / self.accumulate
-            for b in window:
-                yield [(i, normalizer) for i in b]
+        for window in self._windows():
+            tokens = sum(self.token_counts[i] for i in window)
+            normalizer = max(tokens, 1) / (self.accumulate * self.world_size)
+            share = len(window) // self.world_size
+            mine = window[self.rank * share : (self.rank + 1) * share]
+            for m in range(0, len(mine), self.micro_batch_size):
+                yield [(i, normalizer) for i in mine[m : m + self.micro_batch_size]]
 
     def __len__(self) -> int:
-        per_rank = len(self.token_counts) // self.world_size
-        return -(-per_rank // self.micro_batch_size)
+        return sum(
+            -(-(len(w) // self.world_size) // self.micro_batch_size) for w in self._windows()
+        )
 
 
 class _PairDataset(Dataset):
@@ -126,6 +133,8 @@ class SFTDataModule(TaskDataModule):
         self.stats: dict[str, int] = {}
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_sharding()
         if stage == "fit" and self._train is None:
             self._train = self._training_pairs()
         if stage in ("fit", "validate"):

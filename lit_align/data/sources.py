@@ -206,14 +206,31 @@ def _copy(rng: random.Random, max_operand: int) -> Example:
     )
 
 
+def _addition_noisy(rng: random.Random, max_operand: int) -> Example:
+    """Addition whose demonstration is wrong half the time (the answer field stays right):
+    SFT on it leaves a policy that is right about half the time, for RL to sharpen."""
+    example = _addition(rng, max_operand)
+    if rng.random() < 0.5:
+        total = int(example.answer)
+        wrong = total + rng.choice([-3, -2, -1, 1, 2, 3])
+        wrong = wrong if wrong >= 0 else total + 1
+        example.response = example.response.replace(f"= {total} ", f"= {wrong} ").replace(
+            f"<answer> {total} </answer>", f"<answer> {wrong} </answer>"
+        )
+        example.metadata["noisy"] = True
+    return example
+
+
 _SYNTHETIC: dict[str, Callable[[random.Random, int], Example]] = {
     "addition": _addition,
+    "addition_noisy": _addition_noisy,
     "copy": _copy,
 }
 
 
 def make_synthetic(task: str, size: int, seed: int = 0, max_operand: int = 9) -> list[Example]:
-    """``size`` examples of a synthetic task (``addition``: "What is a + b?"; ``copy``), by seed."""
+    """``size`` examples of a synthetic task, by seed: ``addition`` ("What is a + b?"),
+    ``addition_noisy`` (the same with half the demonstrations wrong) or ``copy``."""
     if task not in _SYNTHETIC:
         raise ValueError(
             f"unknown synthetic task {task!r}; accepted values: {', '.join(_SYNTHETIC)}"

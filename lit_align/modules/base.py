@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.evaluation import log_generations
 from lit_align.models import AttnImpl, load_model_and_tokenizer
+from lit_align.ops import CausalLMLogProbs
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.sync import sync_weights
@@ -42,6 +43,8 @@ class PolicyModule(L.LightningModule):
         val_sampling: sampling for validation (default greedy, 1024 new tokens, stop ``</answer>``).
         log_samples: generations written to TensorBoard text at each validation.
         logprob_chunk_tokens: tokens per LM-head chunk in the log-prob computation.
+        validate_at_start: run the validation pass once before the first training step and log
+            it at step 0, so curves start from the initial model.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class PolicyModule(L.LightningModule):
         val_sampling: SamplingConfig | None = None,
         log_samples: int = 4,
         logprob_chunk_tokens: int = 256,
+        validate_at_start: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -66,17 +70,17 @@ class PolicyModule(L.LightningModule):
             temperature=0.0, max_new_tokens=1024, stop=["</answer>"]
         )
         self.log_samples = log_samples
-        self.logprob_chunk_tokens = logprob_chunk_tokens
+        self.validate_at_start = validate_at_start
         self._load_kwargs = {
             "dtype": dtype,
             "attn_implementation": attn_implementation,
             "gradient_checkpointing": gradient_checkpointing,
             "trust_remote_code": trust_remote_code,
         }
-        # The model is loaded now so checkpoints restore into it; FSDP shards it in configure_model.
-        self.model, self.tokenizer = load_model_and_tokenizer(
-            model_name_or_path, **self._load_kwargs
-        )
+        # The model is loaded now so checkpoints restore into it; FSDP2 shards it in configure_model.
+        model, self.tokenizer = load_model_and_tokenizer(model_name_or_path, **self._load_kwargs)
+        model.train()  # from_pretrained returns eval mode, which also disables HF checkpointing
+        self.policy = CausalLMLogProbs(model, logprob_chunk_tokens)
         self.val_metrics = nn.ModuleDict(
             {
                 name: MeanMetric()
@@ -86,6 +90,29 @@ class PolicyModule(L.LightningModule):
         self._val_records: list[dict[str, Any]] = []
         self._step_clock: float | None = None
 
+    @property
+    def model(self) -> nn.Module:
+        """The Hugging Face causal LM being trained."""
+        return self.policy.model
+
+    def configure_model(self) -> None:
+        """FSDP2 (Lightning ``ModelParallelStrategy``): shard each decoder layer, then the root."""
+        mesh = self.device_mesh
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        for root in self.sharded_roots():
+            for layer in root.model.model.layers:
+                fully_shard(layer, mesh=dp_mesh)
+            fully_shard(root, mesh=dp_mesh)
+        self._sharded = True
+
+    def sharded_roots(self) -> list[nn.Module]:
+        """Log-prob modules to shard under FSDP2 (the policy; GRPO adds its reference model)."""
+        return [self.policy]
+
     # ------------------------------------------------------------------ optimization
 
     def configure_optimizers(self) -> Any:
@@ -94,11 +121,15 @@ class PolicyModule(L.LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_fn(optimizer)
         if getattr(scheduler, "total_steps", 0) is None:
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+            scheduler.total_steps = self.total_optimizer_steps()
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole fit (for schedules)."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -173,6 +204,22 @@ class PolicyModule(L.LightningModule):
                         "mean_entropy": c.mean_entropy,
                     }
                 )
+
+    @torch.no_grad()
+    def on_train_start(self) -> None:
+        if not self.validate_at_start or self.global_step > 0:
+            return
+        loaders = self.trainer.datamodule.val_dataloader()
+        if not loaders:
+            return
+        self.on_validation_start()
+        for i, batch in enumerate(loaders):
+            self.validation_step(batch, i)
+        metrics = {f"val/{name}": float(m.compute()) for name, m in self.val_metrics.items()}
+        for m in self.val_metrics.values():
+            m.reset()
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=0)
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in self.val_metrics.items():

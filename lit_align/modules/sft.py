@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from lit_align.losses import sft_loss
 from lit_align.modules.base import PolicyModule
-from lit_align.ops import get_response_log_probs, masked_mean
+from lit_align.ops import masked_mean
 
 __all__ = ["SFTModule"]
 
@@ -39,13 +39,7 @@ class SFTModule(PolicyModule):
         self.normalize_constant = normalize_constant
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-        out = get_response_log_probs(
-            self.model,
-            batch["input_ids"],
-            batch["labels"],
-            return_token_entropy=True,
-            chunk_tokens=self.logprob_chunk_tokens,
-        )
+        out = self.policy(batch["input_ids"], batch["labels"], return_token_entropy=True)
         mask = batch["response_mask"]  # (B, T)
         loss, metrics = sft_loss(
             out["log_probs"],

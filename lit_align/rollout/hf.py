@@ -94,15 +94,28 @@ class HFEngine:
 
     @classmethod
     def from_policy(cls, policy: Any, tokenizer: Any, max_batch_size: int = 64) -> HFEngine:
-        """An engine holding a deep copy of ``policy`` (same device and dtype)."""
-        return cls(copy.deepcopy(policy), tokenizer, max_batch_size)
+        """An engine holding an unsharded copy of ``policy`` (same device and dtype).
+
+        A plain policy is deep-copied. A sharded one (FSDP2 DTensor parameters) is rebuilt from
+        its config; its weights then arrive through :meth:`load_weights` (the DataModule syncs a
+        new engine at once).
+        """
+        sharded = any(type(p).__name__ == "DTensor" for p in policy.parameters())
+        if not sharded:
+            return cls(copy.deepcopy(policy), tokenizer, max_batch_size)
+        from transformers import AutoModelForCausalLM
+
+        local = next(p for p in policy.parameters()).to_local()
+        model = AutoModelForCausalLM.from_config(policy.config, dtype=local.dtype)
+        model.generation_config = copy.deepcopy(policy.generation_config)
+        return cls(model.to(local.device), tokenizer, max_batch_size)
 
     # ------------------------------------------------------------------ weights
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model.named_parameters())
-        params.update(dict(self.model.named_buffers()))
+        # state_dict keeps every name, tied ones too (lm_head.weight when tied to the embeddings).
+        params = self.model.state_dict(keep_vars=True)
         unknown = []
         for name, tensor in named_tensors:
             target = params.get(strip_wrapper_prefixes(name))

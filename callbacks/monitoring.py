@@ -1,0 +1,79 @@
+"""Rollout samples to TensorBoard, and throughput / memory per round."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import lightning as L
+import torch
+
+from lit_align.evaluation import log_generations
+
+__all__ = ["GenerationSamples", "Throughput"]
+
+
+class GenerationSamples(L.Callback):
+    """Write a few of each round's rollouts (prompt, response, ground truth, rewards, entropy) as
+    TensorBoard text, under ``rollout/sample_*``.
+
+    Args:
+        num_samples: rollouts written per round.
+        every_n_rounds: write every n-th round.
+    """
+
+    def __init__(self, num_samples: int = 4, every_n_rounds: int = 1) -> None:
+        self.num_samples = num_samples
+        self.every_n_rounds = max(1, every_n_rounds)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        records = getattr(trainer.datamodule, "last_records", None)
+        writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        if not records or not trainer.is_global_zero or not hasattr(writer, "add_text"):
+            return
+        if trainer.current_epoch % self.every_n_rounds == 0:
+            log_generations(
+                records[: self.num_samples],
+                writer,
+                trainer.global_step,
+                self.num_samples,
+                "rollout",
+            )
+
+
+class Throughput(L.Callback):
+    """Per round: rollout vs training seconds, generated and trained tokens per second, and peak
+    memory (CUDA allocator peak on GPU, process peak RSS on CPU)."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._tokens = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._tokens = time.perf_counter(), 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if isinstance(batch, dict) and "input_ids" in batch:
+            self._tokens += int(batch["input_ids"].numel())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        train_s = time.perf_counter() - self._start
+        metrics = {
+            "time/train_s": train_s,
+            "time/train_tokens_per_s": self._tokens / max(train_s, 1e-9),
+        }
+        rollout_s = getattr(trainer.datamodule, "round_metrics", {}).get("time/rollout_s")
+        if rollout_s is not None:
+            metrics["time/rollout_fraction"] = rollout_s / max(rollout_s + train_s, 1e-9)
+        if torch.cuda.is_available():
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            metrics["memory/peak_rss_gib"] = (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            )
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,453 @@
+"""RolloutDataModule: one training epoch is one rollout round.
+
+Each round (``train_dataloader``, reloaded every epoch): take this round's prompts (seeded by
+round, sharded by rank) → ``engine.generate`` with n = group_size → the evaluator's rewards →
+group advantages → optional filters → a :class:`RolloutBuffer` served as micro-batches, repeated
+``epochs_per_rollout_batch`` times. Sizes are checked at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lit_align.data.base import TaskDataModule
+from lit_align.data.sources import Example
+from lit_align.data.templates import stop_strings_for
+from lit_align.losses import BaselineType, group_advantages
+from lit_align.rollout.base import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Rollout", "RolloutBuffer", "RolloutDataModule"]
+
+
+@dataclass
+class Rollout:
+    """One sampled completion with what the loss needs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    reward: float
+    rollout_log_probs: list[float]
+    keep: bool  # counts in the loss (filters may drop it)
+    truncated: bool
+
+
+class RolloutBuffer(Dataset):
+    """A round's rollouts; collates index lists into right-padded tensors.
+
+    Per-round log-probs computed by the module (``old``, ``ref``) are stored per sample with
+    :meth:`store` and laid out at the response positions by :meth:`collate`.
+    """
+
+    def __init__(self, samples: list[Rollout]) -> None:
+        self.samples = samples
+        self.extra: dict[str, dict[int, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, float, float]) -> tuple[int, float, float]:
+        return key  # collate does the work, once per micro-batch
+
+    def store(self, name: str, indices: Sequence[int], log_probs: torch.Tensor) -> None:
+        """Keep ``log_probs`` (B, L) rows of a :meth:`collate` batch for those samples."""
+        table = self.extra.setdefault(name, {})
+        for row, i in enumerate(indices):
+            s = self.samples[i]
+            start = len(s.prompt_ids) - 1
+            table[i] = log_probs[row, start : start + len(s.completion_ids)].detach().float().cpu()
+
+    def collate(
+        self, items: Sequence[tuple[int, float, float]] | Sequence[int], with_stored: bool = True
+    ) -> dict[str, Any]:
+        """(index, sequence normalizer, token normalizer) items → a micro-batch.
+
+        Returns ``input_ids``/``labels`` (B, L), ``response_mask`` (B, L) (zero for dropped
+        samples), ``completion_mask`` (B, L), ``advantages``/``raw_rewards`` (B, 1),
+        ``rollout_log_probs`` (B, L), stored per-round log-probs, the normalizers and ``indices``.
+        """
+        keys = [(k, None, None) if isinstance(k, int) else k for k in items]
+        indices = [k[0] for k in keys]
+        rows = [self.samples[i] for i in indices]
+        width = max(len(r.prompt_ids) + len(r.completion_ids) for r in rows)
+        full = torch.zeros((len(rows), width), dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), width - 1))
+        rollout_lp = torch.zeros((len(rows), width - 1))
+        stored = self.extra if with_stored else {}
+        extras = {name: torch.zeros((len(rows), width - 1)) for name in stored}
+        for b, (i, r) in enumerate(zip(indices, rows, strict=True)):
+            seq = r.prompt_ids + r.completion_ids
+            full[b, : len(seq)] = torch.tensor(seq)
+            span = slice(len(r.prompt_ids) - 1, len(r.prompt_ids) - 1 + len(r.completion_ids))
+            completion_mask[b, span] = 1.0
+            if r.rollout_log_probs:
+                rollout_lp[b, span] = torch.tensor(r.rollout_log_probs)
+            for name, table in stored.items():
+                extras[name][b, span] = table[i]
+        keep = torch.tensor([float(r.keep) for r in rows]).unsqueeze(-1)  # (B, 1)
+        batch: dict[str, Any] = {
+            "input_ids": full[:, :-1],
+            "labels": full[:, 1:],
+            "completion_mask": completion_mask,
+            "response_mask": completion_mask * keep,
+            "advantages": torch.tensor([r.advantage for r in rows]).unsqueeze(-1),
+            "raw_rewards": torch.tensor([r.reward for r in rows]).unsqueeze(-1),
+            "rollout_log_probs": rollout_lp,
+            "indices": indices,
+            "sequence_normalizer": keys[0][1],
+            "token_normalizer": keys[0][2],
+        }
+        batch.update({f"{name}_log_probs": t for name, t in extras.items()})
+        return batch
+
+
+class _StepBatchSampler(Sampler[list[tuple[int, float, float]]]):
+    """Micro-batches of a round. Per pass, a seeded shuffle is cut into optimizer steps of
+    ``step_size`` samples (this rank's share) and micro-batches of ``micro_batch_size``.
+
+    Every index carries its step's normalizers, (sequences that count, tokens that count) over
+    all ranks ÷ (accumulation × ranks): set them with :meth:`set_normalizers` from the summed
+    :attr:`step_counts`, so DDP's gradient mean and Lightning's ÷ accumulation give the exact
+    mean over the global step.
+    """
+
+    def __init__(
+        self, buffer: RolloutBuffer, step_size: int, micro_batch_size: int, passes: int, seed: int
+    ) -> None:
+        self.micro = micro_batch_size
+        self.steps: list[list[int]] = []
+        for p in range(passes):
+            order = list(range(len(buffer)))
+            random.Random(seed * 7_919 + p).shuffle(order)
+            self.steps += [order[s : s + step_size] for s in range(0, len(order), step_size)]
+        kept = [[buffer.samples[i] for i in step if buffer.samples[i].keep] for step in self.steps]
+        # (steps, 2): sequences and tokens that count in the loss, on this rank
+        self.step_counts = torch.tensor(
+            [[len(k), sum(len(r.completion_ids) for r in k)] for k in kept], dtype=torch.float64
+        )
+        self.normalizers = self.step_counts.clamp(min=1)  # single process, accumulation 1
+
+    def set_normalizers(self, global_counts: torch.Tensor, divisor: int) -> None:
+        """``global_counts``: step_counts summed over ranks; ``divisor``: accumulation × ranks."""
+        self.normalizers = global_counts.clamp(min=1) / divisor
+
+    def __iter__(self) -> Iterator[list[tuple[int, float, float]]]:
+        for step, (seqs, tokens) in zip(self.steps, self.normalizers.tolist(), strict=True):
+            for m in range(0, len(step), self.micro):
+                yield [(i, seqs, tokens) for i in step[m : m + self.micro]]
+
+    def __len__(self) -> int:
+        return sum(-(-len(step) // self.micro) for step in self.steps)
+
+
+class RolloutDataModule(TaskDataModule):
+    """Rollouts generated each epoch by the engine, scored, turned into group advantages.
+
+    All batch sizes count samples (completions) across all ranks.
+
+    Args:
+        train_source: prompts with answers: JSONL path, ``hf:NAME`` or ``synthetic:TASK``.
+        limit: seeded subset of the training prompts (None: all).
+        group_size: samples per prompt (G).
+        rollout_batch_size: samples per round; rollout_batch_size / G prompts per round.
+        train_batch_size: samples per optimizer step; rollout_batch_size / train_batch_size
+            optimizer steps per pass over the round.
+        micro_batch_size: samples per forward/backward, per rank. The trainer's
+            ``accumulate_grad_batches`` must equal train_batch_size / (micro_batch_size × ranks).
+        epochs_per_rollout_batch: passes over each round's rollouts (> 1 is off-policy).
+        temperature: rollout sampling temperature.
+        top_p: rollout nucleus mass.
+        max_new_tokens: rollout budget per sample.
+        min_new_tokens: end-of-sequence suppressed before this many tokens.
+        stop: stop strings (None: the template's, e.g. ``</answer>``).
+        normalize_by_std: divide advantages by the group's std (GRPO); off is Dr. GRPO.
+        advantage_eps: added to the group std.
+        baseline: ``mean`` (GRPO) or ``leave_one_out`` (RLOO).
+        drop_zero_variance_groups: leave groups whose rewards are all equal out of the loss.
+        mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss (DAPO's
+            overlong filtering); they still count in their group's advantages.
+        synthetic_size: prompts of a synthetic task.
+        **kwargs: validation, template, evaluator, engine… (see
+            :class:`~lit_align.data.base.TaskDataModule`).
+    """
+
+    def __init__(
+        self,
+        train_source: str,
+        limit: int | None = None,
+        group_size: int = 8,
+        rollout_batch_size: int = 256,
+        train_batch_size: int = 256,
+        micro_batch_size: int = 2,
+        epochs_per_rollout_batch: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        min_new_tokens: int = 4,
+        stop: list[str] | None = None,
+        normalize_by_std: bool = True,
+        advantage_eps: float = 1e-6,
+        baseline: BaselineType = "mean",
+        drop_zero_variance_groups: bool = False,
+        mask_truncated: bool = False,
+        synthetic_size: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_source = train_source
+        self.limit = limit
+        self.group_size = group_size
+        self.rollout_batch_size = rollout_batch_size
+        self.train_batch_size = train_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.epochs_per_rollout_batch = epochs_per_rollout_batch
+        self.normalize_by_std = normalize_by_std
+        self.advantage_eps = advantage_eps
+        self.baseline = baseline
+        self.drop_zero_variance_groups = drop_zero_variance_groups
+        self.mask_truncated = mask_truncated
+        self.synthetic_size = synthetic_size
+        self._prompts: list[Example] | None = None
+        self.buffer: RolloutBuffer | None = None
+        self.round_metrics: dict[str, float] = {}
+        self.last_records: list[dict[str, Any]] = []
+        self._check_sizes(world_size=1)
+        self.sampling = SamplingConfig(
+            n=group_size,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            stop=stop_strings_for(self.template) if stop is None else list(stop),
+        )
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def steps_per_round(self) -> int:
+        """Optimizer steps per round."""
+        return self.rollout_batch_size // self.train_batch_size * self.epochs_per_rollout_batch
+
+    def _check_sizes(self, world_size: int, accumulate: int | None = None) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"RolloutDataModule: {message}")
+
+        for name in (
+            "group_size",
+            "rollout_batch_size",
+            "train_batch_size",
+            "micro_batch_size",
+            "epochs_per_rollout_batch",
+        ):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        G, R, T, M, W = (
+            self.group_size,
+            self.rollout_batch_size,
+            self.train_batch_size,
+            self.micro_batch_size,
+            world_size,
+        )
+        if R % (G * W):
+            fail(
+                f"rollout_batch_size ({R}) must be divisible by group_size × ranks ({G} × {W}): each rank keeps whole groups; "
+                f"e.g. rollout_batch_size: {G * W * max(1, R // (G * W))}"
+            )
+        if R % T:
+            fail(f"rollout_batch_size ({R}) must be divisible by train_batch_size ({T})")
+        if T % (M * W):
+            fail(
+                f"train_batch_size ({T}) must be divisible by micro_batch_size × ranks ({M} × {W})"
+            )
+        expected = T // (M * W)
+        if accumulate is not None and accumulate != expected:
+            fail(
+                f"trainer.accumulate_grad_batches is {accumulate}, but train_batch_size / (micro_batch_size × ranks) "
+                f"= {T} / ({M} × {W}) = {expected}; set trainer.accumulate_grad_batches: {expected}"
+            )
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None:
+            self._check_sizes(trainer.world_size, trainer.accumulate_grad_batches)
+            if trainer.reload_dataloaders_every_n_epochs != 1:
+                raise ValueError(
+                    "RolloutDataModule: one epoch is one rollout round, so set "
+                    f"trainer.reload_dataloaders_every_n_epochs: 1 (it is {trainer.reload_dataloaders_every_n_epochs})"
+                )
+            self.check_sharding()
+        if stage == "fit" and self._prompts is None:
+            self._prompts = self.load(
+                self.train_source, self.split, self.limit, self.seed, self.synthetic_size
+            )
+            if not self._prompts:
+                raise ValueError(f"no training prompts in {self.train_source!r}")
+        if stage in ("fit", "validate"):
+            self.setup_validation()
+
+    # ------------------------------------------------------------------ one round
+
+    def round_prompts(self, round_index: int, rank: int = 0, world_size: int = 1) -> list[Example]:
+        """This rank's prompts of a round: a seeded stream of shuffled passes over the prompts."""
+        assert self._prompts is not None
+        per_round = self.rollout_batch_size // self.group_size
+        start = round_index * per_round
+        chosen: list[Example] = []
+        while len(chosen) < per_round:
+            pass_index, offset = divmod(start + len(chosen), len(self._prompts))
+            order = list(range(len(self._prompts)))
+            random.Random(self.seed * 104_729 + pass_index).shuffle(order)
+            take = order[offset : offset + per_round - len(chosen)]
+            chosen.extend(self._prompts[i] for i in take)
+        per_rank = per_round // world_size
+        return chosen[rank * per_rank : (rank + 1) * per_rank]
+
+    def generate_round(self, round_index: int, rank: int = 0, world_size: int = 1) -> RolloutBuffer:
+        """Generate, score and build the buffer of one round."""
+        examples = self.round_prompts(round_index, rank, world_size)
+        prompts = [self.prompt_text(e) for e in examples]
+        prompt_ids = [self.prompt_ids(p) for p in prompts]
+        engine = self.engine
+        engine.wake_up()
+        start = time.perf_counter()
+        sampling = SamplingConfig(
+            **{**vars(self.sampling), "seed": self.seed * 1_000_003 + round_index}
+        )
+        completions = engine.generate(prompt_ids, sampling)
+        seconds = time.perf_counter() - start
+        engine.sleep()
+
+        G = self.group_size
+        answers = [examples[c.prompt_index].answer for c in completions]
+        texts = [c.text for c in completions]
+        scores, reward_metrics = self.evaluator.compute_rewards(
+            [prompts[c.prompt_index] for c in completions], texts, answers
+        )
+        totals = self.evaluator.total(scores)  # (N,)
+        advantages, adv_metrics = group_advantages(
+            totals, G, self.advantage_eps, self.normalize_by_std, self.baseline
+        )
+        zero_var = (
+            (totals.view(-1, G).std(dim=1) == 0)
+            if G > 1
+            else torch.ones(len(totals) // G, dtype=torch.bool)
+        )
+        truncated = [c.finish_reason == "length" for c in completions]
+        keep = []
+        for k in range(len(completions)):
+            dropped = (self.drop_zero_variance_groups and bool(zero_var[k // G])) or (
+                self.mask_truncated and truncated[k]
+            )
+            keep.append(not dropped)
+        samples = [
+            Rollout(
+                prompt_ids[c.prompt_index],
+                c.token_ids,
+                float(advantages[k]),
+                float(totals[k]),
+                list(c.log_probs),
+                keep[k],
+                truncated[k],
+            )
+            for k, c in enumerate(completions)
+        ]
+        rows = self.evaluator.breakdown(scores)
+        correct = [self.evaluator.is_correct(r) for r in rows]
+        self.round_metrics = self._metrics(samples, correct, reward_metrics, adv_metrics, seconds)
+        self.last_records = [
+            {
+                "prompt": prompts[c.prompt_index],
+                "response": c.text,
+                "ground_truth": answers[k],
+                **rows[k],
+                "correct": correct[k],
+                "length": len(c.token_ids),
+                "mean_entropy": c.mean_entropy,
+            }
+            for k, c in enumerate(completions[: 2 * G])
+        ]
+        return RolloutBuffer(samples)
+
+    @staticmethod
+    def _metrics(
+        samples: list[Rollout],
+        correct: list[bool],
+        reward_metrics: dict[str, float],
+        adv_metrics: dict[str, torch.Tensor],
+        seconds: float,
+    ) -> dict[str, float]:
+        lengths = [len(s.completion_ids) for s in samples]
+        right = [n for n, c in zip(lengths, correct, strict=True) if c]
+        wrong = [n for n, c in zip(lengths, correct, strict=True) if not c]
+        tokens = sum(lengths)
+        metrics = {f"rollout/{k}": float(v) for k, v in reward_metrics.items()}
+        metrics.update(
+            {
+                "rollout/accuracy": sum(correct) / max(len(correct), 1),
+                "rollout/response_length_mean": tokens / max(len(lengths), 1),
+                "rollout/response_length_min": float(min(lengths, default=0)),
+                "rollout/response_length_max": float(max(lengths, default=0)),
+                "rollout/response_length_correct": sum(right) / len(right) if right else 0.0,
+                "rollout/response_length_incorrect": sum(wrong) / len(wrong) if wrong else 0.0,
+                "rollout/truncated_frac": sum(s.truncated for s in samples) / max(len(samples), 1),
+                "rollout/kept_frac": sum(s.keep for s in samples) / max(len(samples), 1),
+                "rollout/zero_variance_group_frac": float(adv_metrics["zero_variance_group_frac"]),
+                "rollout/reward_std_in_group": float(adv_metrics["reward_std_in_group"]),
+                "time/rollout_s": seconds,
+                "rollout/gen_tokens_per_s": tokens / max(seconds, 1e-9),
+            }
+        )
+        return metrics
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        engine = self.engine
+        if getattr(engine, "synced_step", None) != trainer.global_step:
+            raise RuntimeError(
+                f"the rollout engine holds the weights of step {getattr(engine, 'synced_step', None)} but the "
+                f"policy is at step {trainer.global_step}: add lit_align.callbacks.WeightSync to trainer.callbacks"
+            )
+        self.buffer = self.generate_round(
+            trainer.current_epoch, trainer.global_rank, trainer.world_size
+        )
+        prepare = getattr(self.module, "prepare_round", None)
+        if prepare is not None:  # per-round log-probs, before any batch of the round is built
+            prepare(self.buffer)
+        W = trainer.world_size
+        sampler = _StepBatchSampler(
+            self.buffer,
+            self.train_batch_size // W,
+            self.micro_batch_size,
+            self.epochs_per_rollout_batch,
+            self.seed * 31 + trainer.current_epoch,
+        )
+        counts = sampler.step_counts
+        if W > 1:  # kept sequences/tokens per step over all ranks (filters keep different amounts)
+            counts = trainer.strategy.reduce(
+                counts.to(trainer.strategy.root_device), reduce_op="sum"
+            ).cpu()
+        sampler.set_normalizers(counts, trainer.accumulate_grad_batches * W)
+        return DataLoader(
+            self.buffer, batch_sampler=sampler, collate_fn=self.buffer.collate, num_workers=0
+        )
+
+    @property
+    def engine(self) -> Any:
+        """The rollout engine; the policy's weights are pushed into it when it is built."""
+        fresh = self._engine is None
+        engine = super().engine
+        if fresh:
+            from lit_align.rollout.sync import sync_weights
+
+            sync_weights(engine, self.module.model, self.module.global_step)
+        return engine

@@ -1,0 +1,180 @@
+"""GRPOModule: the policy-gradient family on rollouts served by the RolloutDataModule.
+
+Per round (one epoch): old log-probs (when a round takes several optimizer steps) and reference
+log-probs (when ``kl_coef`` > 0) are computed once, without grad, at the start of the epoch; each
+training step then computes the policy's log-probs and entropy and the loss of
+:func:`lit_align.losses.policy_loss`; Lightning accumulates micro-batches and steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_align.losses import Aggregation, KLEstimator, LossType, policy_loss
+from lit_align.modules.base import PolicyModule
+from lit_align.ops import CausalLMLogProbs, masked_mean
+
+__all__ = ["GRPOModule"]
+
+_RATIO_LOSSES = ("grpo_clip", "grpo_no_clip", "gspo")
+
+
+class GRPOModule(PolicyModule):
+    """GRPO and its relatives (see :func:`lit_align.losses.policy_loss`).
+
+    Args:
+        loss_type: ``no_baseline``, ``reinforce_with_baseline``, ``grpo_clip``, ``grpo_no_clip``
+            or ``gspo`` (sequence-level ratio).
+        cliprange: ε of the clipped types (ε_low with ``cliprange_high``).
+        cliprange_high: ε_high (DAPO clip-higher, e.g. 0.28); None: symmetric.
+        kl_coef: β of the KL penalty to the initial policy; 0 loads no reference model.
+        kl_estimator: ``k1``, ``k2`` or ``k3``.
+        aggregation: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO) or
+            ``seq_mean_token_sum_norm`` (Dr. GRPO, with ``normalize_constant``).
+        normalize_constant: Dr. GRPO's constant (usually the max new tokens).
+        tis_cap: truncated importance sampling against the engine's log-probs: weight each token
+            by min(π_old/π_engine, tis_cap); None: off.
+        **kwargs: model, optimizer, scheduler, validation sampling (see
+            :class:`~lit_align.modules.base.PolicyModule`).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_type: LossType = "grpo_clip",
+        cliprange: float = 0.2,
+        cliprange_high: float | None = None,
+        kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k3",
+        aggregation: Aggregation = "seq_mean_token_mean",
+        normalize_constant: float = 1024.0,
+        tis_cap: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_type = loss_type
+        self.cliprange = cliprange
+        self.cliprange_high = cliprange_high
+        self.kl_coef = kl_coef
+        self.kl_estimator = kl_estimator
+        self.aggregation = aggregation
+        self.normalize_constant = normalize_constant
+        self.tis_cap = tis_cap
+        # Fail at start-up, not at the first step: the loss validates its options on dummy input.
+        dummy = torch.zeros(1, 1)
+        policy_loss(
+            dummy,
+            torch.ones(1, 1),
+            loss_type,
+            raw_rewards=dummy,
+            advantages=dummy,
+            old_log_probs=dummy,
+            cliprange=cliprange,
+            cliprange_high=cliprange_high,
+            ref_log_probs=dummy if kl_coef else None,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+            rollout_log_probs=dummy if tis_cap else None,
+            tis_cap=tis_cap,
+            aggregation=aggregation,
+            normalize_constant=normalize_constant,
+        )
+        self.ref_policy: nn.Module | None = None
+        if kl_coef > 0:  # a frozen copy of the initial policy
+            self.ref_policy = CausalLMLogProbs(copy.deepcopy(self.model), self.policy.chunk_tokens)
+            self.ref_policy.requires_grad_(False).eval()
+        self._round_first_step = True
+
+    def sharded_roots(self) -> list[nn.Module]:
+        return [self.policy] + ([self.ref_policy] if self.ref_policy is not None else [])
+
+    def configure_optimizers(self) -> Any:
+        # GRPO knows its step count without building a round (Lightning would ask for a dataloader).
+        dm = self.trainer.datamodule
+        self._total_steps = dm.steps_per_round * self.trainer.max_epochs
+        return super().configure_optimizers()
+
+    def total_optimizer_steps(self) -> int:
+        return int(getattr(self, "_total_steps", 0)) or super().total_optimizer_steps()
+
+    # ------------------------------------------------------------------ per round
+
+    @torch.no_grad()
+    def prepare_round(self, buffer: Any) -> None:
+        """Called by the RolloutDataModule once a round is generated: old log-probs (when the
+        round takes several optimizer steps) and reference log-probs (when ``kl_coef`` > 0)."""
+        dm = self.trainer.datamodule
+        needs_old = dm.steps_per_round > 1
+        if not needs_old and self.ref_policy is None:
+            return
+        was_training = self.policy.training
+        self.policy.eval()
+        for start in range(0, len(buffer), dm.micro_batch_size):
+            indices = list(range(start, min(start + dm.micro_batch_size, len(buffer))))
+            batch = buffer.collate(indices, with_stored=False)
+            ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+            if needs_old:
+                buffer.store("old", indices, self.policy(ids, labels)["log_probs"])
+            if self.ref_policy is not None:
+                buffer.store("ref", indices, self.ref_policy(ids, labels)["log_probs"])
+        self.policy.train(was_training)
+
+    def on_train_epoch_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(self.trainer.datamodule.round_metrics, step=self.global_step)
+        self._round_first_step = True
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            self._round_first_step = False
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.policy(batch["input_ids"], batch["labels"], return_token_entropy=True)
+        log_probs = out["log_probs"]  # (B, L)
+        mask = batch["response_mask"]
+        old = batch.get("old_log_probs")
+        if old is None and self.loss_type in _RATIO_LOSSES:
+            old = log_probs.detach()  # on-policy: the sampling policy is the current one
+        loss, metrics = policy_loss(
+            log_probs,
+            mask,
+            self.loss_type,
+            raw_rewards=batch["raw_rewards"],
+            advantages=batch["advantages"],
+            old_log_probs=old,
+            cliprange=self.cliprange,
+            cliprange_high=self.cliprange_high,
+            ref_log_probs=batch.get("ref_log_probs"),
+            kl_coef=self.kl_coef,
+            kl_estimator=self.kl_estimator,
+            rollout_log_probs=batch["rollout_log_probs"] if self.tis_cap is not None else None,
+            tis_cap=self.tis_cap,
+            aggregation=self.aggregation,
+            normalize_constant=self.normalize_constant,
+            token_normalizer=batch["token_normalizer"],
+            sequence_normalizer=batch["sequence_normalizer"],
+        )
+        size = mask.shape[0]
+        completion = batch["completion_mask"]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
+        for name, value in metrics.items():
+            self.log(f"train/{name}", value, on_step=True, batch_size=size)
+        self.log(
+            "train/token_entropy",
+            masked_mean(out["token_entropy"].detach(), completion),
+            on_step=True,
+            batch_size=size,
+        )
+        if self._round_first_step:
+            # Before the round's first optimizer step the policy is the rollout policy: any gap
+            # between its log-probs and the engine's is engine/trainer numerical mismatch.
+            gap = masked_mean((log_probs.detach() - batch["rollout_log_probs"]).abs(), completion)
+            self.log("train/engine_logprob_mismatch", gap, on_step=True, batch_size=size)
+        self.log_throughput(int(batch["input_ids"].numel()))
+        return loss

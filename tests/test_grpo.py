@@ -1,0 +1,208 @@
+"""GRPO: start-up size checks, engine = policy after every round, on-policy identities,
+off-policy step counts, the reference model only when KL is on, loss options wired through."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lit_align.callbacks import WeightSync
+
+from lit_align.data import RolloutDataModule
+from lit_align.modules import GRPOModule
+from lit_align.rewards import RewardEvaluator
+
+
+class DistinctCharacters(RewardEvaluator):
+    """A reward that varies for an untrained model (the math grader gives it all zeros)."""
+
+    component_names = ("distinct",)
+    total_weights = (1.0,)
+
+    def score(self, prompts, completions, answers):
+        return torch.tensor([[len(set(c)) / 10.0] for c in completions])
+
+
+def _dm(**kw):
+    defaults = dict(
+        train_source="synthetic:addition",
+        template="demo",
+        synthetic_size=64,
+        group_size=4,
+        rollout_batch_size=16,
+        train_batch_size=16,
+        micro_batch_size=4,
+        max_new_tokens=8,
+        min_new_tokens=1,
+        evaluator=DistinctCharacters(),
+    )
+    return RolloutDataModule(**{**defaults, **kw})
+
+
+def _trainer(callbacks=(), **kw):
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        max_epochs=2,
+        reload_dataloaders_every_n_epochs=1,
+        accumulate_grad_batches=4,
+    )
+    return L.Trainer(callbacks=[WeightSync(), *callbacks], **{**defaults, **kw})
+
+
+def _module(**kw):
+    return GRPOModule(
+        "tiny", dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kw
+    )
+
+
+class Record(L.Callback):
+    """Keeps every logged training metric, step by step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+        self.engine_equal: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        )
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        engine = trainer.datamodule.engine
+        self.engine_equal.append(
+            all(
+                torch.equal(a, b)
+                for a, b in zip(
+                    engine.model.parameters(), pl_module.model.parameters(), strict=True
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(rollout_batch_size=18, group_size=4), "divisible by group_size"),
+        (dict(rollout_batch_size=16, train_batch_size=12), "divisible by train_batch_size"),
+        (dict(train_batch_size=8, micro_batch_size=3), "divisible by micro_batch_size"),
+        (dict(group_size=0), "group_size must be >= 1"),
+    ],
+)
+def test_bad_sizes_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _dm(**kwargs)
+
+
+def test_trainer_mismatches_fail_at_startup_with_the_fix():
+    with pytest.raises(ValueError, match=r"set trainer\.accumulate_grad_batches: 4"):
+        _trainer(accumulate_grad_batches=2).fit(_module(), _dm())
+    with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs: 1"):
+        _trainer(reload_dataloaders_every_n_epochs=0).fit(_module(), _dm())
+    with pytest.raises(ValueError, match="accepted values: no_baseline"):
+        _module(loss_type="ppo")
+    with pytest.raises(ValueError, match="accepted values: seq_mean_token_mean"):
+        _module(aggregation="sum")
+
+
+def test_missing_weight_sync_is_caught():
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        reload_dataloaders_every_n_epochs=1,
+        accumulate_grad_batches=4,
+        limit_val_batches=0,
+    )
+    with pytest.raises(RuntimeError, match=r"add lit_align\.callbacks\.WeightSync"):
+        trainer.fit(_module(), _dm())
+
+
+def test_engine_weights_equal_policy_after_every_round_and_on_policy_identities():
+    record = Record()
+    module, dm = _module(), _dm()
+    trainer = _trainer([record], max_epochs=3)
+    trainer.fit(module, dm)
+    assert trainer.global_step == 3  # one optimizer step per round
+    assert record.engine_equal == [True, True, True]
+    # On-policy (one step per round): ratio is exactly 1 and nothing is clipped.
+    for step in record.steps:
+        assert step["train/ratio_min"] == step["train/ratio_max"] == 1.0
+        assert step["train/clip_frac"] == 0.0
+        assert step["train/engine_logprob_mismatch"] < 1e-5
+    assert dm.buffer is not None and "old" not in dm.buffer.extra  # no extra pass was needed
+
+
+def test_off_policy_rounds_take_the_expected_steps_and_use_old_log_probs():
+    record = Record()
+    dm = _dm(rollout_batch_size=32, train_batch_size=8, epochs_per_rollout_batch=2)
+    trainer = _trainer([record], max_epochs=2, accumulate_grad_batches=2)
+    trainer.fit(_module(loss_type="grpo_clip", cliprange=0.2), dm)
+    assert dm.steps_per_round == 32 // 8 * 2
+    assert trainer.global_step == 2 * dm.steps_per_round
+    assert "old" in dm.buffer.extra
+    # The first micro-batches of a round run before any update: ratio 1. Later ones moved.
+    per_round = len(record.steps) // 2
+    assert record.steps[0]["train/ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    assert max(s["train/ratio_max"] for s in record.steps[2:per_round]) > 1.0 + 1e-4
+
+
+def test_reference_model_only_with_kl():
+    assert _module(kl_coef=0.0).ref_policy is None
+    module = _module(kl_coef=0.1)
+    assert module.ref_policy is not None and not any(
+        p.requires_grad for p in module.ref_policy.parameters()
+    )
+    record = Record()
+    trainer = _trainer([record], max_epochs=2)
+    dm = _dm()
+    trainer.fit(module, dm)
+    assert "ref" in dm.buffer.extra
+    assert record.steps[0]["train/kl"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # policy = reference at first
+    assert record.steps[-1]["train/kl"] > 0.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(loss_type="gspo", cliprange=0.2),
+        dict(loss_type="grpo_no_clip"),
+        dict(loss_type="reinforce_with_baseline", aggregation="token_mean"),
+        dict(
+            loss_type="no_baseline", aggregation="seq_mean_token_sum_norm", normalize_constant=8.0
+        ),
+        dict(loss_type="grpo_clip", cliprange_high=0.28, tis_cap=2.0),
+    ],
+)
+def test_loss_options_train(options):
+    record = Record()
+    module = _module(**options)
+    start = [p.detach().clone() for p in module.model.parameters()]
+    _trainer([record], max_epochs=1).fit(module, _dm(baseline="leave_one_out", mask_truncated=True))
+    moved = max(
+        (p - s).abs().max().item() for p, s in zip(module.model.parameters(), start, strict=True)
+    )
+    assert all(torch.isfinite(torch.tensor(list(s.values()))).all() for s in record.steps)
+    assert moved > 1e-4  # the varying reward gives every loss type a gradient
+
+
+def test_round_prompts_are_seeded_sharded_and_cover_the_data():
+    dm = _dm(rollout_batch_size=32, group_size=4, synthetic_size=10)
+    dm._prompts = [object() for _ in range(10)]  # 8 prompts per round over 10 prompts
+    r0 = dm.round_prompts(0)
+    assert len(r0) == 8 and len(set(map(id, r0))) == 8
+    assert (
+        dm.round_prompts(0, rank=0, world_size=2) + dm.round_prompts(0, rank=1, world_size=2) == r0
+    )
+    first_two_rounds = dm.round_prompts(0) + dm.round_prompts(1)
+    assert len({id(p) for p in first_two_rounds[:10]}) == 10  # a full pass before any repeat
