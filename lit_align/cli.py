@@ -128,7 +128,7 @@ def run_eval(
     from lit_align.data.base import default_evaluator
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import stop_strings_for
-    from lit_align.evaluation import evaluate, format_summary, summarize
+    from lit_align.evaluation import evaluate, format_summary, summarize, write_results
     from lit_align.models import load_model_and_tokenizer
     from lit_align.rollout.base import SamplingConfig
     from lit_align.rollout.sync import EngineConfig, build_engine
@@ -167,22 +167,10 @@ def run_eval(
             r["example_index"] += start
         records.extend(part)
     metrics = summarize(records, n)
-    _write(output_dir, records, metrics)
+    write_results(output_dir, records, metrics)
     print(format_summary(metrics))
     print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")
     return metrics
-
-
-def _write(output_dir: str, records: list[dict[str, Any]], metrics: dict[str, float]) -> None:
-    import json
-    from pathlib import Path
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

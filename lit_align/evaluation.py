@@ -21,7 +21,14 @@ from lit_align.rollout.base import Completion, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "format_summary", "log_generations", "pass_at_k", "summarize"]
+__all__ = [
+    "evaluate",
+    "format_summary",
+    "log_generations",
+    "pass_at_k",
+    "summarize",
+    "write_results",
+]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -138,13 +145,20 @@ def evaluate(
     metrics = summarize(records, sampling.n)
     metrics.update({f"reward/{k}": v for k, v in reward_metrics.items()})
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_results(output_dir, records, metrics)
     return records, metrics
+
+
+def write_results(
+    output_dir: str | Path, records: Sequence[dict[str, Any]], metrics: dict[str, float]
+) -> None:
+    """Write ``generations.jsonl`` (one record per sample) and ``metrics.json`` to ``output_dir``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def format_summary(metrics: dict[str, float]) -> str:
