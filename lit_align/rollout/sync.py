@@ -56,15 +56,16 @@ def build_engine(
 
 
 def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) of every parameter, gathering sharded (FSDP/DTensor) ones."""
+    """(name, full tensor) of the model's state dict, gathering sharded (FSDP/DTensor) tensors."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         yield from state.items()
         return
-    for name, param in model.named_parameters():
-        yield name, param.detach()
+    # state_dict, like the distributed path: tied weights appear under every name.
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.detach()
 
 
 def sync_weights(engine: RolloutEngine, model: torch.nn.Module, step: int | None = None) -> float:
