@@ -16,19 +16,20 @@ class WeightSync(L.Callback):
     the engine receives the new weights in time. Full weights are gathered from a plain, DDP,
     FSDP1 or FSDP2 module (every rank joins the gather); the sync time goes to
     ``time/weight_sync_s``. A sync is skipped when the engine already holds the current step's
-    weights (validation may have synced it).
+    weights (its DataModule syncs it when built, and validation may have synced it since).
     """
 
-    def _sync(self, trainer: L.Trainer, pl_module: L.LightningModule, force: bool) -> None:
+    def _sync(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         engine = trainer.datamodule.engine
-        if not force and getattr(engine, "synced_step", None) == trainer.global_step:
+        if getattr(engine, "synced_step", None) == trainer.global_step:
             return
         seconds = sync_weights(engine, pl_module.model, trainer.global_step)
         if trainer.logger is not None:
             trainer.logger.log_metrics({"time/weight_sync_s": seconds}, step=trainer.global_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(trainer, pl_module, force=True)  # also after restoring a checkpoint
+        # Syncs after a checkpoint restore; a freshly built engine is already synced by its DataModule.
+        self._sync(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(trainer, pl_module, force=False)
+        self._sync(trainer, pl_module)
