@@ -21,7 +21,7 @@ class WeightSync(L.Callback):
 
     def _sync(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         engine = trainer.datamodule.engine
-        if getattr(engine, "synced_step", None) == trainer.global_step:
+        if engine.weight_version == trainer.global_step:
             return
         seconds = sync_weights(engine, pl_module.model, trainer.global_step)
         if trainer.logger is not None:

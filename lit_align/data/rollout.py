@@ -22,7 +22,7 @@ from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
 from lit_align.losses import BaselineType, group_advantages
-from lit_align.rollout.base import SamplingConfig
+from lit_align.rollout.base import SamplingConfig, check_weight_version
 
 log = logging.getLogger(__name__)
 
@@ -412,11 +412,7 @@ class RolloutDataModule(TaskDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         engine = self.engine
-        if getattr(engine, "synced_step", None) != trainer.global_step:
-            raise RuntimeError(
-                f"the rollout engine holds the weights of step {getattr(engine, 'synced_step', None)} but the "
-                f"policy is at step {trainer.global_step}: add lit_align.callbacks.WeightSync to trainer.callbacks"
-            )
+        check_weight_version(engine, trainer.global_step)
         self.buffer = self.generate_round(
             trainer.current_epoch, trainer.global_rank, trainer.world_size
         )

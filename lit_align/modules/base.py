@@ -169,7 +169,7 @@ class PolicyModule(L.LightningModule):
 
     def on_validation_start(self) -> None:
         engine = self.engine
-        if getattr(engine, "synced_step", None) != self.global_step:
+        if engine.weight_version != self.global_step:
             sync_weights(engine, self.model, self.global_step)
         engine.wake_up()
         self._val_records = []

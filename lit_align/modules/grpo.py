@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.losses import Aggregation, KLEstimator, LossType, policy_loss
@@ -38,6 +39,12 @@ class GRPOModule(PolicyModule):
         normalize_constant: Dr. GRPO's constant (usually the max new tokens).
         tis_cap: truncated importance sampling against the engine's log-probs: weight each token
             by min(π_old/π_engine, tis_cap); None: off.
+        mismatch_warn_threshold: warn when the mean |log π_trainer − log π_engine| per response
+            token of a round's first optimizer step (``train/engine_logprob_mismatch``, where the
+            two policies must be equal) exceeds this many nats. float32 engines agree to ~1e-6
+            and bf16 rounding gives ~1e-2; 0.05 (a per-token ratio of e^0.05 ≈ 1.05, e^25 over
+            500 tokens) means the engine samples from another distribution: stale or wrong
+            weights, another tokenizer or template, a kernel bug. None: never warn.
         **kwargs: model, optimizer, scheduler, validation sampling (see
             :class:`~lit_align.modules.base.PolicyModule`).
     """
@@ -53,6 +60,7 @@ class GRPOModule(PolicyModule):
         aggregation: Aggregation = "seq_mean_token_mean",
         normalize_constant: float = 1024.0,
         tis_cap: float | None = None,
+        mismatch_warn_threshold: float | None = 0.05,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +72,8 @@ class GRPOModule(PolicyModule):
         self.aggregation = aggregation
         self.normalize_constant = normalize_constant
         self.tis_cap = tis_cap
+        self.mismatch_warn_threshold = mismatch_warn_threshold
+        self._mismatch = torch.zeros(2, dtype=torch.float64)  # (sum of |gap| over tokens, tokens)
         # Fail at start-up, not at the first step: the loss validates its options on dummy input.
         dummy = torch.zeros(1, 1)
         policy_loss(
@@ -127,10 +137,29 @@ class GRPOModule(PolicyModule):
         if self.logger is not None:
             self.logger.log_metrics(self.trainer.datamodule.round_metrics, step=self.global_step)
         self._round_first_step = True
+        self._mismatch.zero_()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            if self._round_first_step:
+                self._check_mismatch()
             self._round_first_step = False
+
+    def _check_mismatch(self) -> None:
+        """Warn when the engine and the trainer disagree about the policy of the round."""
+        total, tokens = self._mismatch.tolist()
+        self._mismatch.zero_()
+        gap = total / max(tokens, 1.0)
+        threshold = self.mismatch_warn_threshold
+        if threshold is not None and tokens > 0 and gap > threshold:
+            rank_zero_warn(
+                f"engine-vs-trainer log-prob mismatch {gap:.4g} nats/token at step "
+                f"{self.global_step} (round {self.current_epoch}) is above "
+                f"mismatch_warn_threshold {threshold}: the rollouts were sampled from another "
+                "distribution than the policy being trained. Check that the engine received the "
+                "policy's weights (WeightSync), that engine and trainer use the same dtype and "
+                "tokenizer, and consider tis_cap to correct for the gap."
+            )
 
     # ------------------------------------------------------------------ training
 
@@ -174,7 +203,11 @@ class GRPOModule(PolicyModule):
         if self._round_first_step:
             # Before the round's first optimizer step the policy is the rollout policy: any gap
             # between its log-probs and the engine's is engine/trainer numerical mismatch.
-            gap = masked_mean((log_probs.detach() - batch["rollout_log_probs"]).abs(), completion)
+            diff = (log_probs.detach() - batch["rollout_log_probs"]).abs()
+            gap = masked_mean(diff, completion)
             self.log("train/engine_logprob_mismatch", gap, on_step=True, batch_size=size)
+            self._mismatch += torch.tensor(
+                [float((diff * completion).sum()), float(completion.sum())], dtype=torch.float64
+            )
         self.log_throughput(int(batch["input_ids"].numel()))
         return loss

@@ -74,12 +74,16 @@ class RewardEvaluator(ABC):
             )
         texts = [completion_text(c) for c in completions]
         scores = self.score(prompts, texts, answers)
+        return scores, self.reward_metrics(scores)
+
+    def reward_metrics(self, scores: Tensor) -> dict[str, float]:
+        """The metrics of :meth:`compute_rewards` for (N, F) scores (e.g. concatenated chunks)."""
         total = self.total(scores)
         metrics = self.get_reward_breakdown(scores)
         metrics["reward"] = total.mean().item() if total.numel() else 0.0
         metrics["reward_std"] = total.std().item() if total.numel() > 1 else 0.0
         metrics.update(self.extra_metrics(scores))
-        return scores, metrics
+        return metrics
 
     def total(self, scores: Tensor) -> Tensor:
         """(N,) scalar rewards from (N, F) components."""

@@ -1,6 +1,25 @@
-"""Rollout engines: the :class:`RolloutEngine` protocol, :class:`HFEngine`; the vLLM engine is lazy."""
+"""Rollout engines: the :class:`RolloutEngine` protocol, :class:`HFEngine`, the engine factory and
+weight sync; the vLLM engine (``lit_align.rollout.vllm``) is imported only when built."""
 
-from lit_align.rollout.base import Completion, RolloutEngine, SamplingConfig
+from lit_align.rollout.base import (
+    Completion,
+    RolloutEngine,
+    SamplingConfig,
+    StaleWeightsError,
+    check_weight_version,
+)
 from lit_align.rollout.hf import HFEngine
+from lit_align.rollout.sync import EngineConfig, build_engine, full_state_items, sync_weights
 
-__all__ = ["Completion", "HFEngine", "RolloutEngine", "SamplingConfig"]
+__all__ = [
+    "Completion",
+    "EngineConfig",
+    "HFEngine",
+    "RolloutEngine",
+    "SamplingConfig",
+    "StaleWeightsError",
+    "build_engine",
+    "check_weight_version",
+    "full_state_items",
+    "sync_weights",
+]

@@ -1,14 +1,33 @@
-"""The rollout-engine interface shared by the HF (CPU/tests) and vLLM (GPU) engines."""
+"""The rollout-engine interface shared by the HF and vLLM engines."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Completion", "RolloutEngine", "SamplingConfig"]
+__all__ = [
+    "Completion",
+    "RolloutEngine",
+    "SamplingConfig",
+    "StaleWeightsError",
+    "check_weight_version",
+    "row_seed",
+]
+
+
+class StaleWeightsError(RuntimeError):
+    """A round was about to be generated with weights older than the policy's."""
+
+
+def row_seed(seed: int, prompt: Sequence[int], sample: int) -> int:
+    """A 63-bit seed from (seed, prompt tokens, sample index): a prompt's samples depend on the
+    seed alone, never on the batch the prompt shares."""
+    key = repr((seed, list(prompt), sample)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -80,7 +99,17 @@ class Completion:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """What the DataModules and callbacks need from an inference engine."""
+    """What the DataModules and callbacks need from an inference engine.
+
+    An engine knows which weights it holds: :meth:`load_weights` records the policy's optimizer
+    step as :attr:`weight_version`, and callers compare it with the trainer's step before they
+    generate, so rollouts from stale weights fail loudly instead of silently flattening the reward.
+    """
+
+    @property
+    def weight_version(self) -> int | None:
+        """The optimizer step of the policy whose weights the engine holds (None: never loaded)."""
+        ...
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
@@ -88,8 +117,8 @@ class RolloutEngine(Protocol):
         """n completions per prompt, prompt-major: ``[p0s0, p0s1, …, p1s0, …]``."""
         ...
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights with the policy's (HF parameter names)."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace the engine's weights with the policy's (HF parameter names) of step ``version``."""
         ...
 
     def sleep(self) -> None:
@@ -99,3 +128,15 @@ class RolloutEngine(Protocol):
     def wake_up(self) -> None:
         """Undo :meth:`sleep` before the next generation."""
         ...
+
+
+def check_weight_version(engine: RolloutEngine, step: int, what: str = "a rollout round") -> None:
+    """Raise :class:`StaleWeightsError` unless ``engine`` holds the weights of optimizer step ``step``."""
+    held = engine.weight_version
+    if held != step:
+        raise StaleWeightsError(
+            f"refusing to generate {what}: the rollout engine holds the weights of step {held} but "
+            f"the policy is at step {step}, so the samples would come from a stale policy. Add "
+            "lit_align.callbacks.WeightSync to trainer.callbacks (it syncs after every round), or "
+            "call lit_align.rollout.sync_weights(engine, model, step) before generating."
+        )

