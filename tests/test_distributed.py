@@ -1,5 +1,6 @@
 """DDP and FSDP2 on 2 CPU processes (gloo) give the weights of a single process on the same data,
-for SFT and GRPO (weight sync included). Slow: each run starts 2 processes."""
+for SFT and GRPO (weight sync included), and GRPO with a colocated vLLM engine per rank (`vllm`).
+Slow: each run starts 2 processes."""
 
 from __future__ import annotations
 
@@ -56,3 +57,19 @@ def test_ddp_and_fsdp2_match_a_single_process(task, tmp_path):
     init = dict(start.named_parameters())
     moved = max((single["weights"][n] - init[n].detach()).abs().max().item() for n in init)
     assert moved > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_colocated_vllm_engines_on_2_ranks_match_a_single_process(tmp_path):
+    """Each rank owns a vLLM engine (external_launcher, in the trainer's process group)."""
+    single = _run("grpo_vllm", "single", tmp_path / "single.pt")
+    assert single["engine_max_diff"] < 1e-4  # the engine's log-probs are the final policy's
+    for mode in ("ddp", "fsdp2"):
+        other = _run("grpo_vllm", mode, tmp_path / f"{mode}.pt")
+        assert other["global_step"] == single["global_step"] > 0
+        for name, w in single["weights"].items():
+            torch.testing.assert_close(
+                other["weights"][name], w, rtol=0, atol=TOLERANCE, msg=f"{mode}: {name}"
+            )
+        assert other["engine_max_diff"] < 1e-4, mode

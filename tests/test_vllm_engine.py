@@ -139,8 +139,15 @@ def test_kwargs_follow_the_config_and_the_platform():
     cpu = llm_kwargs(config, "Qwen/X", "cpu")
     assert cpu["kv_cache_memory_bytes"] == 2**30 and "gpu_memory_utilization" not in cpu
     assert cpu["enable_sleep_mode"] is False
-    fixed = EngineConfig(backend="vllm", kv_cache_memory_bytes=256 * 2**20)
+    assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in kw
+    fixed = EngineConfig(backend="vllm", kv_cache_memory_bytes=256 * 2**20, max_num_seqs=1024)
     assert llm_kwargs(fixed, "m", "cuda")["kv_cache_memory_bytes"] == 256 * 2**20
+    assert llm_kwargs(fixed, "m", "cuda")["max_num_seqs"] == 1024 and "max_num_seqs" not in kw
+
+
+def test_tensor_parallel_engines_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"tensor_parallel_size is 2.*tensor_parallel_size: 1"):
+        VLLMEngine.from_config(EngineConfig(backend="vllm", tensor_parallel_size=2), "m")
     sk = sampling_kwargs(
         SamplingConfig(
             n=8, temperature=1.0, max_new_tokens=1024, min_new_tokens=4, stop=["</answer>"]

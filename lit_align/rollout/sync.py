@@ -30,7 +30,10 @@ class EngineConfig:
         kv_cache_memory_bytes: a fixed KV-cache size in bytes (vLLM's ``kv_cache_memory_bytes``),
             independent of what else runs. None: 1 GiB on CPU (enough for ~20k float32 tokens of
             a 135M Llama, and small beside 24 GiB of host memory); ``gpu_memory_utilization`` on GPU.
-        tensor_parallel_size: vLLM tensor parallelism (1 on CPU).
+        tensor_parallel_size: must be 1: each training rank owns a colocated engine that
+            generates that rank's prompts (multi-process runs use vLLM's ``external_launcher``).
+        max_num_seqs: sequences vLLM runs at once (None: vLLM's default, 256 on CPU); the
+            samples of a round (e.g. 1,024) in one wave avoid a tail of half-empty steps.
         dtype: vLLM weights dtype (``float32`` for CPU demos; ``bfloat16`` on GPU).
         max_model_len: vLLM context length (prompt + completion); None: the model's.
         enable_sleep_mode: let vLLM free its memory during the training phase where the platform
@@ -45,6 +48,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.3
     kv_cache_memory_bytes: int | None = None
     tensor_parallel_size: int = 1
+    max_num_seqs: int | None = None
     dtype: str = "bfloat16"
     max_model_len: int | None = None
     enable_sleep_mode: bool = True
@@ -80,15 +84,33 @@ def build_engine(
 
 
 def _save_for_vllm(model: Any, tokenizer: Any) -> str:
-    """vLLM loads models from a folder: save a model built in code to a temporary one."""
+    """vLLM loads models from a folder: save a model built in code to a temporary one.
+
+    Written by hand, on every rank (``save_pretrained`` writes on rank 0 only under
+    torch.distributed, and each rank's engine needs the folder).
+    """
+    import atexit
+    import shutil
     import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
 
     if model is None:
         raise ValueError("a tiny: model spec needs the built model to hand it to vLLM")
-    path = tempfile.mkdtemp(prefix="lit_align_vllm_")
-    model.save_pretrained(path)
+    path = Path(tempfile.mkdtemp(prefix="lit_align_vllm_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    state = {
+        name: tensor.contiguous()
+        for name, tensor in full_state_items(model)
+        if not (tied and name == "lm_head.weight")  # one storage, saved once
+    }
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return path
+    return str(path)
 
 
 def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

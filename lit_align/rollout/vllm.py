@@ -62,12 +62,18 @@ def llm_kwargs(config: Any, model_name_or_path: str, device_type: str = "cuda") 
         "enforce_eager": config.enforce_eager,
         "logprobs_mode": "raw_logprobs",
     }
+    if device_type == "cpu":
+        # vLLM 0.32 on CPU: a seeded request whose prefill is split across steps crashes the
+        # sampler ("CPU Generator does not use offset"); whole prefills avoid the split.
+        kwargs["enable_chunked_prefill"] = False
     if kv_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_bytes)
     else:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
+    if config.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = config.max_num_seqs
     return kwargs
 
 
@@ -85,6 +91,22 @@ def sampling_kwargs(sampling: SamplingConfig, seed: int | None = None) -> dict[s
         "seed": seed,
         "skip_special_tokens": True,
     }
+
+
+def launcher_kwargs() -> dict[str, Any]:
+    """Colocated engines of a multi-process run: vLLM's ``external_launcher`` executor.
+
+    Each training rank owns its engine (tensor_parallel_size 1) and generates its own prompts;
+    the executor joins the trainer's process group instead of starting one of its own, which is
+    how vLLM documents colocating with a torchrun-style launcher. Single process: nothing.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {}
+    os.environ.setdefault("RANK", str(dist.get_rank()))  # read by vLLM's launcher executor
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("LOCAL_RANK", str(dist.get_rank())))
+    return {"distributed_executor_backend": "external_launcher"}
 
 
 def check_head_size(model_name_or_path: str, supported: Sequence[int], platform: str) -> None:
@@ -157,6 +179,12 @@ class VLLMEngine:
         cls, config: Any, model_name_or_path: str, tokenizer: Any = None, progress: bool = False
     ) -> VLLMEngine:
         """Build ``vllm.LLM`` in this process from an ``EngineConfig`` (on vLLM's platform)."""
+        if config.tensor_parallel_size != 1:
+            raise ValueError(
+                f"engine.tensor_parallel_size is {config.tensor_parallel_size}: the colocated engine "
+                "streams weights to its worker in-process, so each training rank runs its own "
+                "engine with tensor_parallel_size: 1 (use more ranks, or a smaller model per GPU)"
+            )
         try:
             import vllm
         except ImportError as err:
@@ -170,7 +198,7 @@ class VLLMEngine:
             log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 is forced: weights stream in-process")
         # In-process engine core: the weight iterator reaches the worker by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        llm = vllm.LLM(**llm_kwargs(config, model_name_or_path, device))
+        llm = vllm.LLM(**llm_kwargs(config, model_name_or_path, device), **launcher_kwargs())
         return cls(
             llm, tokenizer, sleep_enabled=config.enable_sleep_mode and sleep_ok, progress=progress
         )

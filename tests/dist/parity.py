@@ -2,6 +2,8 @@
 
     python tests/dist/parity.py --task grpo --mode ddp --out weights.pt
 
+``grpo_vllm`` is the GRPO job with a colocated vLLM engine on each rank (needs vLLM).
+
 Saves the final full weights (rank 0). tests/test_distributed.py runs every mode and compares.
 The global batch is the same in every mode: one process accumulates twice as many micro-batches.
 """
@@ -21,7 +23,7 @@ from lit_align.callbacks import WeightSync  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
-from lit_align.rollout.sync import full_state_items  # noqa: E402
+from lit_align.rollout.sync import EngineConfig, full_state_items  # noqa: E402
 
 GLOBAL_MICRO_BATCHES = 4  # per optimizer step, over all ranks
 MICRO = 4
@@ -47,13 +49,21 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=2.0)
 
 
+# vLLM's CPU attention kernels need head size >= 32: 64 / 2 heads.
+VLLM_TINY = "tiny:hidden_size=64,num_heads=2,num_kv_heads=1"
+VLLM_ENGINE = EngineConfig(
+    backend="vllm", dtype="float32", kv_cache_memory_bytes=64 * 2**20, max_model_len=128, enforce_eager=True
+)
+
+
 def build(task: str):
-    if task == "grpo":
-        module = GRPOModule("tiny", dtype="float32", optimizer=_sgd, loss_type="grpo_clip")
+    if task in ("grpo", "grpo_vllm"):
+        vllm = task == "grpo_vllm"
+        module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, loss_type="grpo_clip")
         data = RolloutDataModule(
             train_source="synthetic:addition", template="demo", synthetic_size=64, group_size=4,
             rollout_batch_size=16, train_batch_size=16, micro_batch_size=MICRO, max_new_tokens=8, min_new_tokens=1,
-            evaluator=DistinctCharacters(),
+            evaluator=DistinctCharacters(), engine=VLLM_ENGINE if vllm else None,
         )
         return module, data, [WeightSync()]
     module = SFTModule("tiny", dtype="float32", optimizer=_adamw, loss_aggregation="token_mean")
@@ -75,7 +85,7 @@ def strategy(mode: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=["sft", "grpo"], required=True)
+    parser.add_argument("--task", choices=["sft", "grpo", "grpo_vllm"], required=True)
     parser.add_argument("--mode", choices=["single", "ddp", "fsdp2"], required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -98,8 +108,31 @@ def main() -> None:
         sync_weights(engine, module.model, trainer.global_step)
         engine_state = engine.model.state_dict()
         result["engine_max_diff"] = max((engine_state[k].float() - v).abs().max().item() for k, v in state.items())
+    if args.task == "grpo_vllm":  # the engine's log-probs are the final policy's
+        result["engine_max_diff"] = _vllm_gap(trainer.datamodule.engine, module, state, trainer.global_step)
     if trainer.global_rank == 0:
         torch.save(result, args.out)
+
+
+def _vllm_gap(engine, module, state, step) -> float:
+    from transformers import AutoModelForCausalLM
+
+    from lit_align.ops import get_response_log_probs
+    from lit_align.rollout import SamplingConfig, sync_weights
+
+    sync_weights(engine, module.model, step)
+    plain = AutoModelForCausalLM.from_config(module.model.config, dtype=torch.float32)
+    plain.load_state_dict(state, strict=False)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    worst = 0.0
+    for c in engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, seed=3)):
+        ids = torch.tensor([prompts[c.prompt_index] + c.token_ids])
+        with torch.no_grad():
+            lp = get_response_log_probs(plain, ids[:, :-1], ids[:, 1:])["log_probs"][0]
+        start = len(prompts[c.prompt_index]) - 1
+        mine = lp[start : start + len(c.token_ids)]
+        worst = max(worst, (mine - torch.tensor(c.log_probs)).abs().max().item())
+    return worst
 
 
 if __name__ == "__main__":

