@@ -124,3 +124,15 @@ def test_samples_do_not_depend_on_the_batch(tiny_model, tiny_tokenizer):
     )
     assert [c.token_ids for c in other_seed] != [c.token_ids for c in together]
     assert together[0].token_ids != together[1].token_ids  # the n samples of a prompt differ
+
+
+def test_max_logprob_gap_sees_whether_the_engine_holds_the_policy(tiny_model, tiny_tokenizer):
+    from lit_align.rollout import max_logprob_gap
+
+    engine = HFEngine.from_policy(tiny_model, tiny_tokenizer)
+    prompts = [[5, 6, 7], [8, 9]]
+    out = engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, seed=1))
+    assert max_logprob_gap(tiny_model, prompts, out) < 1e-5
+    with torch.no_grad():
+        tiny_model.model.norm.weight.mul_(3.0)  # sharper next-token distributions
+    assert max_logprob_gap(tiny_model, prompts, out) > 1e-2

@@ -37,5 +37,6 @@ def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch)
     # Every round's first step: the engine sampled from exactly the policy being trained.
     mismatch = scalars["train/engine_logprob_mismatch"]
     assert len(mismatch) >= 30 and max(mismatch) <= 1e-3, max(mismatch)
-    assert len(scalars["time/weight_sync_s"]) >= 29
+    # WeightSync logs the syncs after rounds; the 6 validations sync the engine themselves first.
+    assert len(scalars["time/weight_sync_s"]) >= 24
     assert (run / "hf_model" / "config.json").exists()

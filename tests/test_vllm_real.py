@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_align.ops import get_response_log_probs
-from lit_align.rollout import EngineConfig, SamplingConfig, build_engine, sync_weights
+from lit_align.rollout import (
+    EngineConfig,
+    SamplingConfig,
+    build_engine,
+    max_logprob_gap,
+    sync_weights,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -51,16 +56,7 @@ def served(tmp_path_factory):
 
 
 def _engine_gap(model, completions, prompts) -> float:
-    """Largest |engine log-prob − trainer log-prob| over every sampled token."""
-    worst = 0.0
-    for c in completions:
-        prompt = prompts[c.prompt_index]
-        ids = torch.tensor([prompt + c.token_ids])
-        with torch.no_grad():
-            lp = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
-        mine = lp[len(prompt) - 1 : len(prompt) - 1 + len(c.token_ids)]
-        worst = max(worst, (mine - torch.tensor(c.log_probs)).abs().max().item())
-    return worst
+    return max_logprob_gap(model, prompts, completions)
 
 
 def test_engine_log_probs_equal_the_trainers(served):
@@ -176,12 +172,12 @@ def test_eos_and_min_new_tokens_match_the_hf_engine(eager_to_stop):
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
-    """The SFT demo's tiny model after one epoch (head size 32): it adds, often but not always."""
+    """The SFT demo's tiny model after two epochs (head size 32): it adds, often but not always."""
     from lit_align.cli import main
 
     out = tmp_path_factory.mktemp("demo_sft")
     config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "sft.yaml"
-    args = ["fit", "--config", str(config), "--trainer.max_epochs", "1"]
+    args = ["fit", "--config", str(config), "--trainer.max_epochs", "2"]
     args += [
         "--trainer.default_root_dir",
         str(out),
@@ -215,7 +211,8 @@ def test_eval_on_vllm_matches_the_hf_engine_without_an_hf_copy(
     assert "Processed prompts" in err and "grade" in err  # vLLM's progress bar, then grading's
     hf = json.loads((tmp_path / "hf" / "metrics.json").read_text())
     ours = json.loads((tmp_path / "vllm" / "metrics.json").read_text())
-    assert 0.1 <= hf["accuracy"] <= 1.0 and ours["n_examples"] == 128
+    print(f"greedy accuracy: HF engine {hf['accuracy']:.4f}, vLLM {ours['accuracy']:.4f}")
+    assert 0.05 <= hf["accuracy"] <= 0.95 and ours["n_examples"] == 128  # right and wrong answers
     # Greedy in float32 on both engines: the same answers up to argmax ties.
     assert abs(ours["accuracy"] - hf["accuracy"]) <= 0.05, (ours["accuracy"], hf["accuracy"])
     lines = (tmp_path / "vllm" / "generations.jsonl").read_text().splitlines()

@@ -18,7 +18,14 @@ import torch
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import format_prompt
 from lit_align.ops import get_response_log_probs
-from lit_align.rollout import EngineConfig, HFEngine, SamplingConfig, build_engine, sync_weights
+from lit_align.rollout import (
+    EngineConfig,
+    HFEngine,
+    SamplingConfig,
+    build_engine,
+    max_logprob_gap,
+    sync_weights,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -79,15 +86,7 @@ def test_a_sync_after_one_optimizer_step_is_seen_by_vllm(engines):
     sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=32, seed=11)
 
     def gap() -> float:
-        worst = 0.0
-        for c in engine.generate(prompts, sampling):
-            p = prompts[c.prompt_index]
-            ids = torch.tensor([p + c.token_ids])
-            with torch.no_grad():
-                lp = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
-            mine = lp[len(p) - 1 : len(p) - 1 + len(c.token_ids)]
-            worst = max(worst, (mine - torch.tensor(c.log_probs)).abs().max().item())
-        return worst
+        return max_logprob_gap(model, prompts, engine.generate(prompts, sampling))
 
     sync_weights(engine, model, step=0)
     before = gap()

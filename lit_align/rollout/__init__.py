@@ -9,7 +9,13 @@ from lit_align.rollout.base import (
     check_weight_version,
 )
 from lit_align.rollout.hf import HFEngine
-from lit_align.rollout.sync import EngineConfig, build_engine, full_state_items, sync_weights
+from lit_align.rollout.sync import (
+    EngineConfig,
+    build_engine,
+    full_state_items,
+    max_logprob_gap,
+    sync_weights,
+)
 
 __all__ = [
     "Completion",
@@ -21,5 +27,6 @@ __all__ = [
     "build_engine",
     "check_weight_version",
     "full_state_items",
+    "max_logprob_gap",
     "sync_weights",
 ]

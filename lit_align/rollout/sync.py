@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from lit_align.rollout.base import RolloutEngine
+from lit_align.rollout.base import Completion, RolloutEngine
 
-__all__ = ["EngineConfig", "build_engine", "full_state_items", "sync_weights"]
+__all__ = ["EngineConfig", "build_engine", "full_state_items", "max_logprob_gap", "sync_weights"]
 
 
 @dataclass
@@ -144,3 +144,26 @@ def sync_weights(engine: RolloutEngine, model: torch.nn.Module, step: int) -> fl
     start = time.perf_counter()
     engine.load_weights(full_state_items(model), version=step)
     return time.perf_counter() - start
+
+
+@torch.no_grad()
+def max_logprob_gap(
+    model: torch.nn.Module,
+    prompt_token_ids: Sequence[Sequence[int]],
+    completions: Sequence[Completion],
+) -> float:
+    """Largest |engine log-prob − ``model``'s teacher-forced log-prob| over every sampled token.
+
+    A check that an engine holds ``model``'s weights: ~1e-6 in float32 when it does.
+    """
+    from lit_align.ops import get_response_log_probs
+
+    device = next(model.parameters()).device
+    worst = 0.0
+    for c in completions:
+        prompt = list(prompt_token_ids[c.prompt_index])
+        ids = torch.tensor([prompt + list(c.token_ids)], device=device)
+        log_probs = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
+        ours = log_probs[len(prompt) - 1 : len(prompt) - 1 + len(c.token_ids)].float().cpu()
+        worst = max(worst, (ours - torch.tensor(c.log_probs)).abs().max().item())
+    return worst

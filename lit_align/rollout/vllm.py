@@ -44,12 +44,19 @@ _INSTALL_HINT = (
 )
 
 
-def llm_kwargs(config: Any, model_name_or_path: str, device_type: str = "cuda") -> dict[str, Any]:
+def llm_kwargs(
+    config: Any,
+    model_name_or_path: str,
+    device_type: str = "cuda",
+    sleep_available: bool | None = None,
+) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.rollout.sync.EngineConfig`.
 
-    ``device_type`` is vLLM's platform (``cuda``, ``cpu``…): sleep mode only where vLLM
-    supports it, and a fixed KV cache on CPU unless one is configured.
+    ``device_type`` is vLLM's platform (``cuda``, ``cpu``…) and ``sleep_available`` whether it
+    supports sleep mode (default: not on CPU); on CPU the KV cache is fixed unless configured.
     """
+    if sleep_available is None:
+        sleep_available = device_type != "cpu"
     kv_bytes = config.kv_cache_memory_bytes
     if kv_bytes is None and device_type == "cpu":
         kv_bytes = CPU_DEFAULT_KV_CACHE_BYTES
@@ -58,7 +65,7 @@ def llm_kwargs(config: Any, model_name_or_path: str, device_type: str = "cuda") 
         "tensor_parallel_size": config.tensor_parallel_size,
         "dtype": config.dtype,
         "seed": config.seed,
-        "enable_sleep_mode": bool(config.enable_sleep_mode) and device_type in ("cuda", "rocm"),
+        "enable_sleep_mode": bool(config.enable_sleep_mode) and sleep_available,
         "enforce_eager": config.enforce_eager,
         "logprobs_mode": "raw_logprobs",
     }
@@ -104,8 +111,9 @@ def launcher_kwargs() -> dict[str, Any]:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return {}
-    os.environ.setdefault("RANK", str(dist.get_rank()))  # read by vLLM's launcher executor
-    os.environ.setdefault("LOCAL_RANK", os.environ.get("LOCAL_RANK", str(dist.get_rank())))
+    # Read by vLLM's launcher executor; Lightning's launchers set LOCAL_RANK, not always RANK.
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("LOCAL_RANK", str(dist.get_rank()))  # single node
     return {"distributed_executor_backend": "external_launcher"}
 
 
@@ -198,7 +206,8 @@ class VLLMEngine:
             log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 is forced: weights stream in-process")
         # In-process engine core: the weight iterator reaches the worker by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        llm = vllm.LLM(**llm_kwargs(config, model_name_or_path, device), **launcher_kwargs())
+        kwargs = llm_kwargs(config, model_name_or_path, device, sleep_ok)
+        llm = vllm.LLM(**kwargs, **launcher_kwargs())
         return cls(
             llm, tokenizer, sleep_enabled=config.enable_sleep_mode and sleep_ok, progress=progress
         )

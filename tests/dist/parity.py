@@ -117,22 +117,14 @@ def main() -> None:
 def _vllm_gap(engine, module, state, step) -> float:
     from transformers import AutoModelForCausalLM
 
-    from lit_align.ops import get_response_log_probs
-    from lit_align.rollout import SamplingConfig, sync_weights
+    from lit_align.rollout import SamplingConfig, max_logprob_gap, sync_weights
 
     sync_weights(engine, module.model, step)
     plain = AutoModelForCausalLM.from_config(module.model.config, dtype=torch.float32)
     plain.load_state_dict(state, strict=False)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    worst = 0.0
-    for c in engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, seed=3)):
-        ids = torch.tensor([prompts[c.prompt_index] + c.token_ids])
-        with torch.no_grad():
-            lp = get_response_log_probs(plain, ids[:, :-1], ids[:, 1:])["log_probs"][0]
-        start = len(prompts[c.prompt_index]) - 1
-        mine = lp[start : start + len(c.token_ids)]
-        worst = max(worst, (mine - torch.tensor(c.log_probs)).abs().max().item())
-    return worst
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    return max_logprob_gap(plain, prompts, engine.generate(prompts, sampling))
 
 
 if __name__ == "__main__":
