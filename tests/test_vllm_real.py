@@ -67,7 +67,7 @@ def test_engine_log_probs_equal_the_trainers(served):
     assert _engine_gap(model, out, PROMPTS) < 1e-4
 
 
-def test_sync_makes_them_agree_again_over_rounds_and_skipping_it_shows(served):
+def test_sync_makes_them_agree_again_over_rounds_and_skipping_it_shows(served, caplog):
     model, _, engine = served
     policy = copy.deepcopy(model)
     sync_weights(engine, policy, step=0)
@@ -83,6 +83,8 @@ def test_sync_makes_them_agree_again_over_rounds_and_skipping_it_shows(served):
         assert engine.weight_version == step
         fresh = _engine_gap(policy, engine.generate(PROMPTS, sampling), PROMPTS)
         assert fresh < 1e-4, f"round {step}: {fresh:.2e} after the sync ({seconds:.3f} s)"
+    # vLLM's harmless per-sync warning about rotary embeddings (no weights to load) is filtered.
+    assert "Failed to load weights" not in caplog.text
 
 
 def test_sampling_options_behave_as_documented(served):

@@ -134,6 +134,15 @@ def check_head_size(model_name_or_path: str, supported: Sequence[int], platform:
         )
 
 
+class _QuietRotaryReload(logging.Filter):
+    """Drop vLLM's per-sync "RotaryEmbedding: Failed to load weights": rotary embeddings have no
+    checkpoint weights (their cos/sin cache is computed), and the reload puts the cache back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Rotary" in message and "Failed to load weights" in message)
+
+
 def _platform() -> tuple[str, bool, list[int] | None]:
     """(vLLM's device type, whether sleep mode works there, CPU attention head sizes or None)."""
     from vllm.platforms import current_platform
@@ -206,6 +215,9 @@ class VLLMEngine:
             log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 is forced: weights stream in-process")
         # In-process engine core: the weight iterator reaches the worker by reference.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        if not any(isinstance(f, _QuietRotaryReload) for f in reload_log.filters):
+            reload_log.addFilter(_QuietRotaryReload())
         kwargs = llm_kwargs(config, model_name_or_path, device, sleep_ok)
         llm = vllm.LLM(**kwargs, **launcher_kwargs())
         return cls(
