@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from lit_align.rollout.sync import sync_weights
+from lit_align.rollout.weights import sync_weights
 
 __all__ = ["WeightSync"]
 

@@ -136,7 +136,7 @@ def run_eval(
     from lit_align.evaluation import evaluate, format_summary, write_results
     from lit_align.models import load_model_and_tokenizer, load_tokenizer
     from lit_align.rollout.base import SamplingConfig
-    from lit_align.rollout.sync import EngineConfig, build_engine
+    from lit_align.rollout.factory import EngineConfig, build_engine
 
     if evaluator is None:
         evaluator = default_evaluator(template)

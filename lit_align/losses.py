@@ -1,4 +1,4 @@
-"""Pure losses and advantages: SFT, the policy-gradient family, KL estimators, group advantages.
+"""Pure losses: SFT, the policy-gradient family, KL estimators, length aggregation.
 
 Everything takes tensors and masks and returns ``(value, metrics)`` with detached metrics.
 Shapes: B = sequences in the micro-batch, T = response positions, G = group size, N = B·groups.
@@ -16,15 +16,15 @@ The policy-gradient family is one function, :func:`policy_loss`, built from thre
 3. length aggregation (:func:`aggregate_loss`): ``seq_mean_token_mean`` (GRPO),
    ``token_mean`` (DAPO), ``seq_mean_token_sum_norm`` (Dr. GRPO, Liu et al. 2025).
 
-The seed functions (``compute_naive_policy_gradient_loss``, ``compute_grpo_clip_loss``,
-``compute_policy_gradient_loss``, ``grpo_microbatch_train_step``) are thin special cases of these.
+Nothing here calls ``backward()``. Group advantages are in :mod:`lit_align.advantages`; the
+reference assignment's API (``grpo_microbatch_train_step`` and friends) in :mod:`lit_align.compat`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -33,27 +33,18 @@ from lit_align.ops import masked_mean, masked_normalize
 
 __all__ = [
     "Aggregation",
-    "BaselineType",
     "KLEstimator",
     "LossType",
     "aggregate_loss",
-    "compute_group_normalized_rewards",
-    "compute_grpo_clip_loss",
-    "compute_naive_policy_gradient_loss",
     "compute_per_token_policy_loss",
-    "compute_policy_gradient_loss",
-    "group_advantages",
-    "grpo_microbatch_train_step",
     "kl_penalty",
     "policy_loss",
     "sft_loss",
-    "sft_microbatch_train_step",
 ]
 
 LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip", "gspo"]
 Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
-BaselineType = Literal["mean", "leave_one_out"]
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -66,112 +57,6 @@ def _check_same_shape(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> 
         raise ValueError(
             f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(tensor.shape)}"
         )
-
-
-# --------------------------------------------------------------------------- advantages
-
-
-def group_advantages(
-    raw_rewards: Tensor,
-    group_size: int,
-    advantage_eps: float = 1e-6,
-    normalize_by_std: bool = True,
-    baseline: BaselineType = "mean",
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Advantages of rewards laid out in contiguous groups of ``group_size``.
-
-    ``mean``: A = r − mean(group); ``leave_one_out`` (RLOO, Ahmadian et al. 2024):
-    A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean). With ``normalize_by_std`` either is divided
-    by (unbiased group std + ``advantage_eps``).
-
-    Args:
-        raw_rewards: (N,) rewards, N divisible by ``group_size``.
-        group_size: G, responses per prompt.
-        advantage_eps: added to the std so zero-variance groups give 0, not NaN.
-        normalize_by_std: divide by the group's standard deviation.
-        baseline: ``"mean"`` or ``"leave_one_out"``.
-
-    Returns:
-        (advantages (N,), metrics) where metrics hold the group reward std mean and the fraction of
-        groups whose rewards have zero variance (GRPO learns nothing from those).
-    """
-    _check_choice("baseline", baseline, get_args(BaselineType))
-    if raw_rewards.dim() != 1:
-        raise ValueError(f"raw_rewards must be 1-D (N,), got shape {tuple(raw_rewards.shape)}")
-    if group_size < 1 or raw_rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"group_size must divide the number of rewards: {raw_rewards.numel()} rewards, "
-            f"group_size={group_size}"
-        )
-    if baseline == "leave_one_out" and group_size < 2:
-        raise ValueError("baseline='leave_one_out' needs group_size >= 2")
-    grouped = raw_rewards.float().view(-1, group_size)  # (N/G, G)
-    mean = grouped.mean(dim=1, keepdim=True)
-    centered = grouped - mean
-    if baseline == "leave_one_out":
-        centered = centered * (group_size / (group_size - 1))
-    # Unbiased std (torch default); a single-sample group has no spread, so use 0 instead of NaN.
-    std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-    if normalize_by_std:
-        denom = std + advantage_eps
-        # A zero-variance group is all zeros after centering; keep it 0 even when eps = 0.
-        adv = torch.where(denom > 0, centered / denom.clamp(min=torch.finfo(denom.dtype).tiny), 0.0)
-    else:
-        adv = centered
-    metrics = {
-        "reward_std_in_group": std.mean().detach(),
-        "zero_variance_group_frac": (std.squeeze(1) == 0).float().mean().detach(),
-    }
-    return adv.reshape(-1), metrics
-
-
-def compute_group_normalized_rewards(
-    reward_fn: Callable[[str, Any], dict[str, float]],
-    rollout_responses: Sequence[str],
-    repeated_ground_truths: Sequence[Any],
-    group_size: int,
-    advantage_eps: float,
-    normalize_by_std: bool,
-    baseline: BaselineType = "mean",
-) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """Score each response with ``reward_fn`` and normalize the rewards within their groups.
-
-    Args:
-        reward_fn: ``reward_fn(response, ground_truth) -> {"reward", "format_reward", "answer_reward"}``.
-        rollout_responses: N responses; prompt i's G responses are contiguous.
-        repeated_ground_truths: N ground truths, each repeated G times.
-        group_size: G.
-        advantage_eps: added to the group std.
-        normalize_by_std: divide centered rewards by the group std.
-        baseline: ``"mean"`` (GRPO) or ``"leave_one_out"`` (RLOO).
-
-    Returns:
-        (advantages (N,), raw_rewards (N,), metadata) with the mean/std/min/max reward, the mean of
-        every reward component and the zero-variance group fraction.
-    """
-    if len(rollout_responses) != len(repeated_ground_truths):
-        raise ValueError(
-            f"rollout_responses ({len(rollout_responses)}) and repeated_ground_truths "
-            f"({len(repeated_ground_truths)}) must have the same length"
-        )
-    scores = [
-        reward_fn(r, g) for r, g in zip(rollout_responses, repeated_ground_truths, strict=True)
-    ]
-    raw = torch.tensor([float(s["reward"]) for s in scores], dtype=torch.float32)
-    advantages, group_metrics = group_advantages(
-        raw, group_size, advantage_eps, normalize_by_std, baseline
-    )
-    metadata: dict[str, float] = {
-        "reward_mean": raw.mean().item(),
-        "reward_std": raw.std().item() if raw.numel() > 1 else 0.0,
-        "reward_min": raw.min().item(),
-        "reward_max": raw.max().item(),
-        **{k: v.item() for k, v in group_metrics.items()},
-    }
-    for key in sorted(scores[0]) if scores else []:
-        if key != "reward":
-            metadata[f"{key}_mean"] = sum(float(s[key]) for s in scores) / len(scores)
-    return advantages, raw, metadata
 
 
 # --------------------------------------------------------------------------- per-token surrogates
@@ -269,43 +154,6 @@ def compute_per_token_policy_loss(
     meta["clipped_low"] = took_clip & (ratio.detach() < 1.0 - low)
     meta["clipped_high"] = took_clip & (ratio.detach() > 1.0 + high)
     return loss, meta
-
-
-def compute_naive_policy_gradient_loss(
-    raw_rewards_or_advantages: Tensor, policy_log_probs: Tensor
-) -> Tensor:
-    """Per-token −A·log p. (B, 1) weights, (B, T) log-probs → (B, T) loss."""
-    loss, _ = compute_per_token_policy_loss(
-        policy_log_probs, "reinforce_with_baseline", advantages=raw_rewards_or_advantages
-    )
-    return loss
-
-
-def compute_grpo_clip_loss(
-    advantages: Tensor, policy_log_probs: Tensor, old_log_probs: Tensor, cliprange: float
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token −min(ratio·A, clip(ratio, 1−ε, 1+ε)·A), ratio = exp(log p − log p_old)."""
-    return compute_per_token_policy_loss(
-        policy_log_probs,
-        "grpo_clip",
-        advantages=advantages,
-        old_log_probs=old_log_probs,
-        cliprange=cliprange,
-    )
-
-
-def compute_policy_gradient_loss(
-    policy_log_probs: Tensor,
-    loss_type: LossType,
-    raw_rewards: Tensor | None = None,
-    advantages: Tensor | None = None,
-    old_log_probs: Tensor | None = None,
-    cliprange: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Seed-compatible dispatch over the per-token loss types; returns ((B, T) loss, metadata)."""
-    return compute_per_token_policy_loss(
-        policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs, cliprange
-    )
 
 
 # --------------------------------------------------------------------------- KL and aggregation
@@ -540,58 +388,3 @@ def sft_loss(
         )
     tokens = response_mask.sum()
     return loss, {"nll": loss.detach(), "response_tokens": tokens.detach().float()}
-
-
-def sft_microbatch_train_step(
-    policy_log_probs: Tensor,
-    response_mask: Tensor,
-    gradient_accumulation_steps: int,
-    normalize_constant: float = 1.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One SFT micro-batch: seed loss ÷ ``gradient_accumulation_steps``, then ``backward()``.
-
-    loss = mean over the batch of (−sum of masked log-probs ÷ ``normalize_constant``) ÷ steps.
-    """
-    if gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
-        )
-    loss, metrics = sft_loss(policy_log_probs, response_mask, "sum_norm", normalize_constant)
-    loss = loss / gradient_accumulation_steps
-    loss.backward()
-    return loss, metrics
-
-
-def grpo_microbatch_train_step(
-    policy_log_probs: Tensor,
-    response_mask: Tensor,
-    gradient_accumulation_steps: int,
-    loss_type: LossType,
-    raw_rewards: Tensor | None = None,
-    advantages: Tensor | None = None,
-    old_log_probs: Tensor | None = None,
-    cliprange: float | None = None,
-    **loss_options: Any,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One GRPO micro-batch: per-token loss → masked mean per sequence → batch mean → ÷ steps → backward.
-
-    Extra keyword arguments (``cliprange_high``, ``kl_coef`` with ``ref_log_probs``,
-    ``aggregation``, …) go to :func:`policy_loss`.
-    """
-    if gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
-        )
-    loss, metrics = policy_loss(
-        policy_log_probs,
-        response_mask,
-        loss_type,
-        raw_rewards=raw_rewards,
-        advantages=advantages,
-        old_log_probs=old_log_probs,
-        cliprange=cliprange,
-        **loss_options,
-    )
-    loss = loss / gradient_accumulation_steps
-    loss.backward()
-    return loss, metrics

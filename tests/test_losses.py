@@ -7,18 +7,20 @@ import math
 import pytest
 import torch
 
-from lit_align.losses import (
-    aggregate_loss,
+from lit_align.advantages import group_advantages
+from lit_align.compat import (
     compute_group_normalized_rewards,
     compute_grpo_clip_loss,
     compute_naive_policy_gradient_loss,
-    compute_per_token_policy_loss,
     compute_policy_gradient_loss,
-    group_advantages,
     grpo_microbatch_train_step,
+    sft_microbatch_train_step,
+)
+from lit_align.losses import (
+    aggregate_loss,
+    compute_per_token_policy_loss,
     kl_penalty,
     policy_loss,
-    sft_microbatch_train_step,
 )
 
 LN = math.log

@@ -7,7 +7,7 @@ import torch
 
 from lit_align.ops import get_response_log_probs
 from lit_align.rollout import HFEngine, SamplingConfig
-from lit_align.rollout.sync import sync_weights
+from lit_align.rollout.weights import sync_weights
 
 
 @pytest.fixture()

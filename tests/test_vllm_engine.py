@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.sync import EngineConfig
+from lit_align.rollout.factory import EngineConfig
 from lit_align.rollout.vllm import VLLMEngine, llm_kwargs, sampling_kwargs
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from lit_align.data.sources import Example, Layout, load_examples
 from lit_align.data.templates import TEMPLATE_NAMES, TemplateName, format_prompt
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
-from lit_align.rollout.sync import EngineConfig, build_engine
+from lit_align.rollout.factory import EngineConfig, build_engine
 
 __all__ = ["PromptDataset", "TaskDataModule", "default_evaluator"]
 

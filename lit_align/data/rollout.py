@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lit_align.advantages import BaselineType, group_advantages
 from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
-from lit_align.losses import BaselineType, group_advantages
 from lit_align.rollout.base import SamplingConfig, check_weight_version
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ class RolloutDataModule(TaskDataModule):
         fresh = self._engine is None
         engine = super().engine
         if fresh:
-            from lit_align.rollout.sync import sync_weights
+            from lit_align.rollout.weights import sync_weights
 
             sync_weights(engine, self.module.model, self.module.global_step)
         return engine

@@ -17,7 +17,7 @@ from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.sync import sync_weights
+from lit_align.rollout.weights import sync_weights
 
 __all__ = ["PolicyModule"]
 

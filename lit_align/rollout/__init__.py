@@ -8,14 +8,9 @@ from lit_align.rollout.base import (
     StaleWeightsError,
     check_weight_version,
 )
+from lit_align.rollout.factory import EngineConfig, build_engine
 from lit_align.rollout.hf import HFEngine
-from lit_align.rollout.sync import (
-    EngineConfig,
-    build_engine,
-    full_state_items,
-    max_logprob_gap,
-    sync_weights,
-)
+from lit_align.rollout.weights import full_state_items, max_logprob_gap, sync_weights
 
 __all__ = [
     "Completion",

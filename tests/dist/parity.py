@@ -23,7 +23,7 @@ from lit_align.callbacks import WeightSync  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
-from lit_align.rollout.sync import EngineConfig, full_state_items  # noqa: E402
+from lit_align.rollout import EngineConfig, full_state_items  # noqa: E402
 
 GLOBAL_MICRO_BATCHES = 4  # per optimizer step, over all ranks
 MICRO = 4
@@ -103,7 +103,7 @@ def main() -> None:
     result = {"weights": state, "global_step": trainer.global_step}
     if args.task == "grpo":  # after the last round's sync the engine holds the final policy
         engine = trainer.datamodule.engine
-        from lit_align.rollout.sync import sync_weights
+        from lit_align.rollout.weights import sync_weights
 
         sync_weights(engine, module.model, trainer.global_step)
         engine_state = engine.model.state_dict()
