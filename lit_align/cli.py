@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -185,27 +186,54 @@ def run_eval(
     return metrics
 
 
+def _version(args: list[str]) -> None:
+    from lit_align import __version__
+
+    print(__version__)
+
+
+def _eval(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    CLI(run_eval, args=args[1:], as_positional=False)
+
+
+def _usage(args: list[str]) -> None:
+    lines = [f"  {name:<10} {text}" for name, (_, text) in _SUBCOMMANDS.items() if text]
+    print(
+        "usage: lit_align SUBCOMMAND [options]   (lit_align SUBCOMMAND --help)\n\n"
+        + "\n".join(lines)
+    )
+
+
+def _lightning(args: list[str]) -> None:
+    # From the console script, LightningCLI reads sys.argv itself (passing the same list as
+    # args would make it warn that both were given).
+    LitAlignCLI(args=None if args == sys.argv[1:] else args)
+
+
+# subcommand → (handler, given the whole argument list; one line for the usage text)
+_SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "fit": (_lightning, "train: lit_align fit --config CONFIG.yaml [--print_config]"),
+    "validate": (_lightning, "validate a model: lit_align validate --config CONFIG.yaml"),
+    "test": (_lightning, "test a model: lit_align test --config CONFIG.yaml"),
+    "eval": (_eval, "generate + grade: lit_align eval --model MODEL --data DATA [options]"),
+    "--version": (_version, "print the version"),
+    "--help": (_usage, ""),
+    "-h": (_usage, ""),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lit_align`` console script."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--version"]:
-        from lit_align import __version__
-
-        print(__version__)
-        return 0
-    if args[:1] == ["eval"]:
-        from jsonargparse import CLI
-
-        CLI(run_eval, args=args[1:], as_positional=False)
-        return 0
-    if args[:1] in ([], ["-h"], ["--help"]):
-        print(
-            "usage: lit_align {fit,validate,test} --config CONFIG.yaml [--print_config]\n"
-            "       lit_align eval --model MODEL --data DATA [options]   (lit_align eval --help)\n"
-            "       lit_align --version"
-        )
-        return 0
-    LitAlignCLI(args=args)
+    args = sys.argv[1:] if argv is None else list(argv)
+    name = args[0] if args else "--help"
+    if name not in _SUBCOMMANDS:
+        _usage(args)
+        print(f"\nlit_align: unknown subcommand {name!r}", file=sys.stderr)
+        return 2
+    handler, _ = _SUBCOMMANDS[name]
+    handler(args)
     return 0
 
 

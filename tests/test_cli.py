@@ -103,6 +103,25 @@ def test_every_config_parses(config, capsys):
 def test_cli_help_and_unknown_subcommand(capsys):
     assert main(["--help"]) == 0
     assert "lit_align eval" in capsys.readouterr().out
+    assert main(["fitt", "--config", "x.yaml"]) == 2
+    out = capsys.readouterr()
+    assert "unknown subcommand 'fitt'" in out.err and "lit_align fit --config" in out.out
+
+
+def test_console_script_prints_no_argv_warning(tmp_path):
+    import subprocess
+    import sys
+
+    script = "import sys; from lit_align.cli import main; sys.exit(main())"
+    config = str(ROOT / "configs/demo/sft.yaml")
+    done = subprocess.run(
+        [sys.executable, "-c", script, "fit", "--config", config, "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert "trainer:" in done.stdout and "sys.argv" not in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.slow
