@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lit_align.data.sources import Example
 from lit_align.data.templates import TemplateName, format_prompt
+from lit_align.grading import grade_completions
 from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rollout.base import Completion, RolloutEngine, SamplingConfig
+from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,53 +77,6 @@ def summarize(records: Sequence[dict[str, Any]], n: int) -> dict[str, float]:
     return metrics
 
 
-def _records(
-    examples: Sequence[Example],
-    prompts: Sequence[str],
-    completions: Sequence[Completion],
-    evaluator: RewardEvaluator,
-    n: int,
-    grade_batch_size: int | None = None,
-    progress: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Grade completions in chunks of ``grade_batch_size`` (None: all at once)."""
-    rep_prompts = [prompts[c.prompt_index] for c in completions]
-    answers = [examples[c.prompt_index].answer for c in completions]
-    texts = [c.text for c in completions]
-    size = grade_batch_size or max(len(completions), 1)
-    starts = range(0, len(completions), size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="grade", unit="chunk")
-    parts = [
-        evaluator.compute_rewards(
-            rep_prompts[i : i + size], texts[i : i + size], answers[i : i + size]
-        )[0]
-        for i in starts
-    ]
-    scores = torch.cat(parts) if parts else torch.zeros(0, len(evaluator.component_names))
-    rows = evaluator.breakdown(scores)
-    records = []
-    for j, (c, row) in enumerate(zip(completions, rows, strict=True)):
-        records.append(
-            {
-                "example_index": c.prompt_index,
-                "sample_index": j % n,
-                "prompt": rep_prompts[j],
-                "response": c.text,
-                "ground_truth": answers[j],
-                **row,
-                "formatted": evaluator.is_formatted(row),
-                "correct": evaluator.is_correct(row),
-                "length": len(c.token_ids),
-                "mean_entropy": c.mean_entropy,
-                "finish_reason": c.finish_reason,
-            }
-        )
-    return records, evaluator.reward_metrics(scores)
-
-
 def evaluate(
     engine: RolloutEngine,
     tokenizer: Any,
@@ -164,8 +116,9 @@ def evaluate(
     ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     completions = engine.generate(ids, sampling)
-    records, reward_metrics = _records(
-        examples, prompts, completions, evaluator, sampling.n, grade_batch_size, progress
+    answers = [e.answer for e in examples]
+    records, _, reward_metrics = grade_completions(
+        evaluator, prompts, answers, completions, sampling.n, grade_batch_size, progress
     )
     metrics = summarize(records, sampling.n)
     metrics.update({f"reward/{k}": v for k, v in reward_metrics.items()})

@@ -22,6 +22,7 @@ from lit_align.advantages import BaselineType, group_advantages
 from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
+from lit_align.grading import grade_completions
 from lit_align.rollout.base import SamplingConfig, check_weight_version
 
 log = logging.getLogger(__name__)
@@ -328,10 +329,8 @@ class RolloutDataModule(TaskDataModule):
         engine.sleep()
 
         G = self.group_size
-        answers = [examples[c.prompt_index].answer for c in completions]
-        texts = [c.text for c in completions]
-        scores, reward_metrics = self.evaluator.compute_rewards(
-            [prompts[c.prompt_index] for c in completions], texts, answers
+        records, scores, reward_metrics = grade_completions(
+            self.evaluator, prompts, [e.answer for e in examples], completions, G
         )
         totals = self.evaluator.total(scores)  # (N,)
         advantages, adv_metrics = group_advantages(
@@ -361,21 +360,9 @@ class RolloutDataModule(TaskDataModule):
             )
             for k, c in enumerate(completions)
         ]
-        rows = self.evaluator.breakdown(scores)
-        correct = [self.evaluator.is_correct(r) for r in rows]
+        correct = [r["correct"] for r in records]
         self.round_metrics = self._metrics(samples, correct, reward_metrics, adv_metrics, seconds)
-        self.last_records = [
-            {
-                "prompt": prompts[c.prompt_index],
-                "response": c.text,
-                "ground_truth": answers[k],
-                **rows[k],
-                "correct": correct[k],
-                "length": len(c.token_ids),
-                "mean_entropy": c.mean_entropy,
-            }
-            for k, c in enumerate(completions[: 2 * G])
-        ]
+        self.last_records = records[: 2 * G]
         return RolloutBuffer(samples)
 
     @staticmethod
@@ -416,9 +403,8 @@ class RolloutDataModule(TaskDataModule):
         self.buffer = self.generate_round(
             trainer.current_epoch, trainer.global_rank, trainer.world_size
         )
-        prepare = getattr(self.module, "prepare_round", None)
-        if prepare is not None:  # per-round log-probs, before any batch of the round is built
-            prepare(self.buffer)
+        if trainer.logger is not None:  # here, whatever module trains on the round
+            trainer.logger.log_metrics(self.round_metrics, step=trainer.global_step)
         W = trainer.world_size
         sampler = _StepBatchSampler(
             self.buffer,

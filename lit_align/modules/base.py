@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_align.evaluation import log_generations
+from lit_align.grading import grade_completions
 from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
 from lit_align.rewards.evaluators import RewardEvaluator
@@ -176,33 +177,23 @@ class PolicyModule(L.LightningModule):
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         completions = self.engine.generate([row["prompt_ids"] for row in batch], self.val_sampling)
-        prompts = [batch[c.prompt_index]["prompt"] for c in completions]
-        answers = [batch[c.prompt_index]["answer"] for c in completions]
-        scores, _ = self.evaluator.compute_rewards(prompts, [c.text for c in completions], answers)
-        rows = self.evaluator.breakdown(scores)
-        correct = torch.tensor([float(self.evaluator.is_correct(r)) for r in rows])
-        formatted = torch.tensor([float(self.evaluator.is_formatted(r)) for r in rows])
+        records, _, _ = grade_completions(
+            self.evaluator,
+            [row["prompt"] for row in batch],
+            [row["answer"] for row in batch],
+            completions,
+            self.val_sampling.n,
+        )
         updates = {
-            "accuracy": correct,
-            "format_rate": formatted,
-            "reward": torch.tensor([r["reward"] for r in rows]),
-            "response_length": torch.tensor([float(len(c.token_ids)) for c in completions]),
+            "accuracy": [float(r["correct"]) for r in records],
+            "format_rate": [float(r["formatted"]) for r in records],
+            "reward": [r["reward"] for r in records],
+            "response_length": [float(r["length"]) for r in records],
         }
         for name, values in updates.items():
-            self.val_metrics[name].update(values.to(self.device))
+            self.val_metrics[name].update(torch.tensor(values, device=self.device))
         if len(self._val_records) < self.log_samples:
-            for c, row, p, a in zip(completions, rows, prompts, answers, strict=True):
-                self._val_records.append(
-                    {
-                        "prompt": p,
-                        "response": c.text,
-                        "ground_truth": a,
-                        **row,
-                        "correct": self.evaluator.is_correct(row),
-                        "length": len(c.token_ids),
-                        "mean_entropy": c.mean_entropy,
-                    }
-                )
+            self._val_records.extend(records)
 
     @torch.no_grad()
     def on_train_start(self) -> None:

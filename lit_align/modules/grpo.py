@@ -1,7 +1,8 @@
 """GRPOModule: the policy-gradient family on rollouts served by the RolloutDataModule.
 
 Per round (one epoch): old log-probs (when a round takes several optimizer steps) and reference
-log-probs (when ``kl_coef`` > 0) are computed once, without grad, at the start of the epoch; each
+log-probs (when ``kl_coef`` > 0) are computed once, without grad, at the start of the epoch
+(after the RolloutDataModule has generated the round, before its first batch is built); each
 training step then computes the policy's log-probs and entropy and the loss of
 :func:`lit_align.losses.policy_loss`; Lightning accumulates micro-batches and steps.
 """
@@ -114,9 +115,9 @@ class GRPOModule(PolicyModule):
     # ------------------------------------------------------------------ per round
 
     @torch.no_grad()
-    def prepare_round(self, buffer: Any) -> None:
-        """Called by the RolloutDataModule once a round is generated: old log-probs (when the
-        round takes several optimizer steps) and reference log-probs (when ``kl_coef`` > 0)."""
+    def store_round_log_probs(self, buffer: Any) -> None:
+        """Old log-probs (when the round takes several optimizer steps) and reference log-probs
+        (when ``kl_coef`` > 0) of a generated round, stored in its buffer, once per round."""
         dm = self.trainer.datamodule
         needs_old = dm.steps_per_round > 1
         if not needs_old and self.ref_policy is None:
@@ -134,8 +135,9 @@ class GRPOModule(PolicyModule):
         self.policy.train(was_training)
 
     def on_train_epoch_start(self) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(self.trainer.datamodule.round_metrics, step=self.global_step)
+        # The round was generated when Lightning reloaded the dataloader; batches are collated
+        # only once the epoch iterates, after this hook.
+        self.store_round_log_probs(self.trainer.datamodule.buffer)
         self._round_first_step = True
         self._mismatch.zero_()
 
