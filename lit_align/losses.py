@@ -374,7 +374,7 @@ def sft_loss(
 
     ``token_mean``: mean NLL over every response token of the batch, or the token sum ÷
     ``token_normalizer``, which keeps it exact across gradient accumulation (see
-    :func:`aggregate_loss`). ``sum_norm`` (the seed's): mean over sequences of (−sum of masked
+    :func:`aggregate_loss`). ``sum_norm`` (CS336's): mean over sequences of (−sum of masked
     log-probs ÷ ``normalize_constant``).
     """
     _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)

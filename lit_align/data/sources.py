@@ -327,7 +327,7 @@ def reference_to_sft(example: Example, style: Literal["r1_zero", "xml"] = "r1_ze
     """Turn a GSM8K/MATH reference solution into an SFT pair.
 
     ``r1_zero``: `` {reasoning} </think> <answer> {final} </answer>``, following a prompt that ends
-    with ``<think>``. ``xml``: the take-home's ``<reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>\\n``.
+    with ``<think>``. ``xml``: the reasoning/answer XML format ``<reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>\\n``.
     GSM8K calculator annotations (``<<48/2=24>>``) are removed.
     """
     solution = example.metadata.get("solution")

@@ -22,7 +22,7 @@ __all__ = [
 TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo"]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
-# The take-home's reasoning/answer XML format, asked for in the system prompt.
+# The reasoning/answer XML format, asked for in the system prompt.
 GSM8K_SYSTEM_PROMPT = (
     "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 )
@@ -65,7 +65,7 @@ _TEMPLATES: dict[str, Callable[[str, Any], str]] = {
     "demo": _demo,
 }
 
-# Where generation stops (the stop string is kept in the output, as the seeds do).
+# Where generation stops (the stop string is kept in the output, as vLLM's include_stop_str_in_output keeps it).
 _STOPS: dict[str, list[str]] = {
     "r1_zero": ["</answer>"],
     "question_only": [],

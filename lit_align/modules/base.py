@@ -24,7 +24,7 @@ __all__ = ["PolicyModule"]
 
 
 def _default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
-    # SPEC §4 defaults: AdamW(β=(0.9, 0.95), weight decay 0), lr 1e-5.
+    # CS336 assignment 5 defaults: AdamW(β=(0.9, 0.95), weight decay 0), lr 1e-5.
     return torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
 
 

@@ -1,7 +1,7 @@
 """Graders and reward evaluators (pure Python and torch; no Lightning).
 
 - :func:`grade` / :func:`grade_many`: math equivalence, sandboxed and time-bounded.
-- :func:`r1_zero_reward_fn`, :func:`question_only_reward_fn`: SPEC §3 reward dicts.
+- :func:`r1_zero_reward_fn`, :func:`question_only_reward_fn`: reward dicts ``{format_reward, answer_reward, reward}``.
 - :class:`MathEvaluator`, :class:`GSM8kEvaluator`, :class:`JudgeEvaluator`: (N, F) components.
 """
 

@@ -1,7 +1,7 @@
 """Reward evaluators: turn (prompts, completions, answers) into an (N, F) tensor of reward components.
 
-The interface is the GRPO take-home's ``RewardEvaluator``. An evaluator names its F components and
-how they sum to the scalar reward; YAML configs pick one by ``class_path``::
+An evaluator names its F components and how they sum to the scalar reward; YAML configs pick one
+by ``class_path``::
 
     evaluator:
       class_path: lit_align.rewards.GSM8kEvaluator
@@ -153,7 +153,7 @@ class MathEvaluator(RewardEvaluator):
 
 
 class GSM8kEvaluator(RewardEvaluator):
-    """The GRPO take-home's GSM8K rewards for ``<reasoning>…</reasoning><answer>…</answer>``.
+    """GSM8K rewards for the XML format ``<reasoning>…</reasoning><answer>…</answer>``.
 
     Components: correctness 2.0 (mathematical equality with the gold answer), integer answer 0.5,
     strict format 0.5, soft format 0.5, XML tag count up to 0.5. A perfect completion scores 4.0.

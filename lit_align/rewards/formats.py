@@ -46,7 +46,7 @@ def extract_question_only_answer(response: str) -> tuple[bool, str | None]:
 
 
 def extract_gsm8k_xml_answer(response: str) -> str | None:
-    """Text inside the last ``<answer>…</answer>`` of the take-home's XML format, stripped."""
+    """Text inside the last ``<answer>…</answer>`` of the reasoning/answer XML format, stripped."""
     start = response.rfind("<answer>")
     if start < 0:
         return None
@@ -95,7 +95,7 @@ def question_only_reward_fn(response: str, ground_truth: GroundTruth) -> RewardD
     return question_only_rewards([response], [ground_truth])[0]
 
 
-# ------------------------------------------------------------------ GSM8K take-home components
+# ------------------------------------------------------------------ GSM8K XML-format components
 
 _STRICT_XML = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
 _SOFT_XML = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
