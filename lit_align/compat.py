@@ -136,14 +136,9 @@ def sft_microbatch_train_step(
 
     loss = mean over the batch of (−sum of masked log-probs ÷ ``normalize_constant``) ÷ steps.
     """
-    if gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
-        )
+    _check_steps(gradient_accumulation_steps)
     loss, metrics = sft_loss(policy_log_probs, response_mask, "sum_norm", normalize_constant)
-    loss = loss / gradient_accumulation_steps
-    loss.backward()
-    return loss, metrics
+    return _backward(loss, gradient_accumulation_steps), metrics
 
 
 def grpo_microbatch_train_step(
@@ -162,10 +157,7 @@ def grpo_microbatch_train_step(
     Extra keyword arguments (``cliprange_high``, ``kl_coef`` with ``ref_log_probs``,
     ``aggregation``, …) go to :func:`policy_loss`.
     """
-    if gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
-        )
+    _check_steps(gradient_accumulation_steps)
     loss, metrics = policy_loss(
         policy_log_probs,
         response_mask,
@@ -176,6 +168,18 @@ def grpo_microbatch_train_step(
         cliprange=cliprange,
         **loss_options,
     )
+    return _backward(loss, gradient_accumulation_steps), metrics
+
+
+def _check_steps(gradient_accumulation_steps: int) -> None:
+    if gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
+        )
+
+
+def _backward(loss: Tensor, gradient_accumulation_steps: int) -> Tensor:
+    """The reference's micro-batch step: this micro-batch's share of the loss, backward."""
     loss = loss / gradient_accumulation_steps
     loss.backward()
-    return loss, metrics
+    return loss
