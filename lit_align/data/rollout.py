@@ -1,8 +1,8 @@
 """RolloutDataModule: one training epoch is one rollout round.
 
 Each round (``train_dataloader``, reloaded every epoch): take this round's prompts (seeded by
-round, sharded by rank) → ``engine.generate`` with n = group_size → the evaluator's rewards →
-group advantages → optional filters → a :class:`RolloutBuffer` served as micro-batches, repeated
+round, sharded by rank) → :func:`lit_align.rounds.run_round` (generate with n = group_size, grade,
+group advantages, filters) → a :class:`RolloutBuffer` served as micro-batches, repeated
 ``epochs_per_rollout_batch`` times. Sizes are checked at start-up.
 """
 
@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_align.advantages import BaselineType, group_advantages
+from lit_align.advantages import BaselineType
 from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
-from lit_align.grading import grade_completions
 from lit_align.rollout.base import SamplingConfig, check_weight_version
+from lit_align.rounds import AdvantageConfig, Rollout, Round, run_round
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Rollout", "RolloutBuffer", "RolloutDataModule"]
-
-
-@dataclass
-class Rollout:
-    """One sampled completion with what the loss needs."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    advantage: float
-    reward: float
-    rollout_log_probs: list[float]
-    keep: bool  # counts in the loss (filters may drop it)
-    truncated: bool
+__all__ = ["RolloutBuffer", "RolloutDataModule"]
 
 
 class RolloutBuffer(Dataset):
@@ -212,14 +197,13 @@ class RolloutDataModule(TaskDataModule):
         self.train_batch_size = train_batch_size
         self.micro_batch_size = micro_batch_size
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
-        self.normalize_by_std = normalize_by_std
-        self.advantage_eps = advantage_eps
-        self.baseline = baseline
-        self.drop_zero_variance_groups = drop_zero_variance_groups
-        self.mask_truncated = mask_truncated
+        self.advantages = AdvantageConfig(
+            advantage_eps, normalize_by_std, baseline, drop_zero_variance_groups, mask_truncated
+        )
         self.synthetic_size = synthetic_size
         self._prompts: list[Example] | None = None
         self.buffer: RolloutBuffer | None = None
+        self.round: Round | None = None
         self.round_metrics: dict[str, float] = {}
         self.last_records: list[dict[str, Any]] = []
         self._check_sizes(world_size=1)
@@ -314,87 +298,24 @@ class RolloutDataModule(TaskDataModule):
         return chosen[rank * per_rank : (rank + 1) * per_rank]
 
     def generate_round(self, round_index: int, rank: int = 0, world_size: int = 1) -> RolloutBuffer:
-        """Generate, score and build the buffer of one round."""
+        """Generate, grade and buffer one round (:func:`lit_align.rounds.run_round`)."""
         examples = self.round_prompts(round_index, rank, world_size)
         prompts = [self.prompt_text(e) for e in examples]
-        prompt_ids = [self.prompt_ids(p) for p in prompts]
-        engine = self.engine
-        engine.wake_up()
-        start = time.perf_counter()
         sampling = SamplingConfig(
             **{**vars(self.sampling), "seed": self.seed * 1_000_003 + round_index}
         )
-        completions = engine.generate(prompt_ids, sampling)
-        seconds = time.perf_counter() - start
-        engine.sleep()
-
-        G = self.group_size
-        records, scores, reward_metrics = grade_completions(
-            self.evaluator, prompts, [e.answer for e in examples], completions, G
+        self.round = run_round(
+            self.engine,
+            self.evaluator,
+            prompts,
+            [self.prompt_ids(p) for p in prompts],
+            [e.answer for e in examples],
+            sampling,
+            self.advantages,
         )
-        totals = self.evaluator.total(scores)  # (N,)
-        advantages, adv_metrics = group_advantages(
-            totals, G, self.advantage_eps, self.normalize_by_std, self.baseline
-        )
-        zero_var = (
-            (totals.view(-1, G).std(dim=1) == 0)
-            if G > 1
-            else torch.ones(len(totals) // G, dtype=torch.bool)
-        )
-        truncated = [c.finish_reason == "length" for c in completions]
-        keep = []
-        for k in range(len(completions)):
-            dropped = (self.drop_zero_variance_groups and bool(zero_var[k // G])) or (
-                self.mask_truncated and truncated[k]
-            )
-            keep.append(not dropped)
-        samples = [
-            Rollout(
-                prompt_ids[c.prompt_index],
-                c.token_ids,
-                float(advantages[k]),
-                float(totals[k]),
-                list(c.log_probs),
-                keep[k],
-                truncated[k],
-            )
-            for k, c in enumerate(completions)
-        ]
-        correct = [r["correct"] for r in records]
-        self.round_metrics = self._metrics(samples, correct, reward_metrics, adv_metrics, seconds)
-        self.last_records = records[: 2 * G]
-        return RolloutBuffer(samples)
-
-    @staticmethod
-    def _metrics(
-        samples: list[Rollout],
-        correct: list[bool],
-        reward_metrics: dict[str, float],
-        adv_metrics: dict[str, torch.Tensor],
-        seconds: float,
-    ) -> dict[str, float]:
-        lengths = [len(s.completion_ids) for s in samples]
-        right = [n for n, c in zip(lengths, correct, strict=True) if c]
-        wrong = [n for n, c in zip(lengths, correct, strict=True) if not c]
-        tokens = sum(lengths)
-        metrics = {f"rollout/{k}": float(v) for k, v in reward_metrics.items()}
-        metrics.update(
-            {
-                "rollout/accuracy": sum(correct) / max(len(correct), 1),
-                "rollout/response_length_mean": tokens / max(len(lengths), 1),
-                "rollout/response_length_min": float(min(lengths, default=0)),
-                "rollout/response_length_max": float(max(lengths, default=0)),
-                "rollout/response_length_correct": sum(right) / len(right) if right else 0.0,
-                "rollout/response_length_incorrect": sum(wrong) / len(wrong) if wrong else 0.0,
-                "rollout/truncated_frac": sum(s.truncated for s in samples) / max(len(samples), 1),
-                "rollout/kept_frac": sum(s.keep for s in samples) / max(len(samples), 1),
-                "rollout/zero_variance_group_frac": float(adv_metrics["zero_variance_group_frac"]),
-                "rollout/reward_std_in_group": float(adv_metrics["reward_std_in_group"]),
-                "time/rollout_s": seconds,
-                "rollout/gen_tokens_per_s": tokens / max(seconds, 1e-9),
-            }
-        )
-        return metrics
+        self.round_metrics = self.round.metrics
+        self.last_records = self.round.records[: 2 * self.group_size]
+        return RolloutBuffer(self.round.samples)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

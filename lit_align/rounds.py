@@ -1,0 +1,148 @@
+"""One rollout round as one function: generate → grade → group advantages → filters.
+
+:func:`run_round` returns a :class:`Round`: the samples the loss needs, one graded record per
+sample and the round's metrics. GRPO trains on its samples' advantages; expert iteration can keep
+the correct ones; both log the same metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lit_align.advantages import BaselineType, group_advantages
+from lit_align.grading import grade_completions
+from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rollout.base import RolloutEngine, SamplingConfig
+
+__all__ = ["AdvantageConfig", "Rollout", "Round", "run_round"]
+
+
+@dataclass
+class Rollout:
+    """One sampled completion with what the loss needs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    reward: float
+    rollout_log_probs: list[float]
+    keep: bool  # counts in the loss (filters may drop it)
+    truncated: bool
+
+
+@dataclass
+class AdvantageConfig:
+    """Group advantages and the filters of a round.
+
+    Attributes:
+        eps: added to the group std.
+        normalize_by_std: divide by the group's std (GRPO); off is Dr. GRPO.
+        baseline: ``mean`` (GRPO) or ``leave_one_out`` (RLOO).
+        drop_zero_variance_groups: leave groups whose rewards are all equal out of the loss.
+        mask_truncated: leave completions that hit the token budget out of the loss (DAPO's
+            overlong filtering); they still count in their group's advantages.
+    """
+
+    eps: float = 1e-6
+    normalize_by_std: bool = True
+    baseline: BaselineType = "mean"
+    drop_zero_variance_groups: bool = False
+    mask_truncated: bool = False
+
+
+@dataclass
+class Round:
+    """A generated, graded round: ``samples`` and ``records`` are aligned, prompt-major."""
+
+    samples: list[Rollout]
+    records: list[dict[str, Any]]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_round(
+    engine: RolloutEngine,
+    evaluator: RewardEvaluator,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    answers: Sequence[Any],
+    sampling: SamplingConfig,
+    advantages: AdvantageConfig | None = None,
+) -> Round:
+    """Generate ``sampling.n`` completions per prompt, grade them, compute group advantages.
+
+    The engine is woken for generation and put back to sleep before grading.
+    """
+    options = advantages or AdvantageConfig()
+    engine.wake_up()
+    start = time.perf_counter()
+    completions = engine.generate(prompt_ids, sampling)
+    seconds = time.perf_counter() - start
+    engine.sleep()
+
+    G = sampling.n
+    records, scores, reward_metrics = grade_completions(evaluator, prompts, answers, completions, G)
+    totals = evaluator.total(scores)  # (N,)
+    adv, adv_metrics = group_advantages(
+        totals, G, options.eps, options.normalize_by_std, options.baseline
+    )
+    zero_var = (
+        (totals.view(-1, G).std(dim=1) == 0)
+        if G > 1
+        else torch.ones(len(totals) // G, dtype=torch.bool)
+    )
+    samples = []
+    for k, c in enumerate(completions):
+        truncated = c.finish_reason == "length"
+        dropped = (options.drop_zero_variance_groups and bool(zero_var[k // G])) or (
+            options.mask_truncated and truncated
+        )
+        samples.append(
+            Rollout(
+                list(prompt_ids[c.prompt_index]),
+                c.token_ids,
+                float(adv[k]),
+                float(totals[k]),
+                list(c.log_probs),
+                not dropped,
+                truncated,
+            )
+        )
+    metrics = _round_metrics(samples, records, reward_metrics, adv_metrics, seconds)
+    return Round(samples, records, metrics)
+
+
+def _round_metrics(
+    samples: list[Rollout],
+    records: list[dict[str, Any]],
+    reward_metrics: dict[str, float],
+    adv_metrics: dict[str, torch.Tensor],
+    seconds: float,
+) -> dict[str, float]:
+    correct = [bool(r["correct"]) for r in records]
+    lengths = [len(s.completion_ids) for s in samples]
+    right = [n for n, c in zip(lengths, correct, strict=True) if c]
+    wrong = [n for n, c in zip(lengths, correct, strict=True) if not c]
+    tokens = sum(lengths)
+    metrics = {f"rollout/{k}": float(v) for k, v in reward_metrics.items()}
+    metrics.update(
+        {
+            "rollout/accuracy": sum(correct) / max(len(correct), 1),
+            "rollout/response_length_mean": tokens / max(len(lengths), 1),
+            "rollout/response_length_min": float(min(lengths, default=0)),
+            "rollout/response_length_max": float(max(lengths, default=0)),
+            "rollout/response_length_correct": sum(right) / len(right) if right else 0.0,
+            "rollout/response_length_incorrect": sum(wrong) / len(wrong) if wrong else 0.0,
+            "rollout/truncated_frac": sum(s.truncated for s in samples) / max(len(samples), 1),
+            "rollout/kept_frac": sum(s.keep for s in samples) / max(len(samples), 1),
+            "rollout/zero_variance_group_frac": float(adv_metrics["zero_variance_group_frac"]),
+            "rollout/reward_std_in_group": float(adv_metrics["reward_std_in_group"]),
+            "time/rollout_s": seconds,
+            "rollout/gen_tokens_per_s": tokens / max(seconds, 1e-9),
+        }
+    )
+    return metrics
