@@ -126,7 +126,7 @@ def test_console_script_prints_no_argv_warning(tmp_path):
 
 @pytest.mark.slow
 def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
-    """The README's GRPO demo, from a clean directory: warm start, then 30 rounds (~6 min)."""
+    """The README's GRPO demo, from a clean directory: warm start, then 30 rounds (~2.5 min)."""
     monkeypatch.chdir(tmp_path)
     main(
         [
