@@ -1,4 +1,8 @@
-"""Rollout samples to TensorBoard, and throughput / memory per round."""
+"""Rollout samples to TensorBoard, and throughput / memory per round.
+
+Both read the latest :class:`~lit_align.rounds.Round` of a rollout DataModule (its ``round``
+attribute: records and metrics), whatever module trains on it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,16 @@ import lightning as L
 import torch
 
 from lit_align.evaluation import log_generations
+from lit_align.metrics import ROLLOUT_FRACTION, ROLLOUT_S, TRAIN_S
+from lit_align.rounds import Round
 
 __all__ = ["GenerationSamples", "Throughput"]
+
+
+def _latest_round(trainer: L.Trainer) -> Round | None:
+    """The DataModule's latest round; None for DataModules without rollouts (SFT)."""
+    latest = getattr(trainer.datamodule, "round", None)
+    return latest if isinstance(latest, Round) else None
 
 
 class GenerationSamples(L.Callback):
@@ -27,7 +39,8 @@ class GenerationSamples(L.Callback):
         self.every_n_rounds = max(1, every_n_rounds)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = getattr(trainer.datamodule, "last_records", None)
+        latest = _latest_round(trainer)
+        records = latest.records if latest is not None else None
         writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
         if not records or not trainer.is_global_zero or not hasattr(writer, "add_text"):
             return
@@ -63,12 +76,13 @@ class Throughput(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         train_s = time.perf_counter() - self._start
         metrics = {
-            "time/train_s": train_s,
+            TRAIN_S: train_s,
             "time/train_tokens_per_s": self._tokens / max(train_s, 1e-9),
         }
-        rollout_s = getattr(trainer.datamodule, "round_metrics", {}).get("time/rollout_s")
+        latest = _latest_round(trainer)
+        rollout_s = latest.metrics.get(ROLLOUT_S) if latest is not None else None
         if rollout_s is not None:
-            metrics["time/rollout_fraction"] = rollout_s / max(rollout_s + train_s, 1e-9)
+            metrics[ROLLOUT_FRACTION] = rollout_s / max(rollout_s + train_s, 1e-9)
         if torch.cuda.is_available():
             metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         else:

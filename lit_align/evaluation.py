@@ -17,6 +17,7 @@ from typing import Any
 from lit_align.data.sources import Example
 from lit_align.data.templates import TemplateName, format_prompt
 from lit_align.grading import grade_completions
+from lit_align.metrics import mean, summarize_records
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
@@ -39,29 +40,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
 def summarize(records: Sequence[dict[str, Any]], n: int) -> dict[str, float]:
-    """Metrics over per-sample records (see :func:`evaluate` for the record fields)."""
-    correct = [r for r in records if r["correct"]]
-    wrong = [r for r in records if not r["correct"]]
+    """Metrics over per-sample records (see :func:`evaluate` for the record fields): the shared
+    :func:`~lit_align.metrics.summarize_records`, the (format, answer) category counts and, when
+    n > 1, pass@k and mean@n."""
     metrics: dict[str, float] = {
         "n_examples": len(records) // max(n, 1),
         "n_samples": len(records),
-        "accuracy": _mean([float(r["correct"]) for r in records]),
-        "format_rate": _mean([float(r["formatted"]) for r in records]),
-        "reward_mean": _mean([r["reward"] for r in records]),
+        **summarize_records(records),
         "count_format1_answer1": sum(1 for r in records if r["formatted"] and r["correct"]),
         "count_format1_answer0": sum(1 for r in records if r["formatted"] and not r["correct"]),
         "count_format0_answer0": sum(1 for r in records if not r["formatted"] and not r["correct"]),
         "count_format0_answer1": sum(1 for r in records if not r["formatted"] and r["correct"]),
-        "response_length_mean": _mean([r["length"] for r in records]),
-        "response_length_correct": _mean([r["length"] for r in correct]),
-        "response_length_incorrect": _mean([r["length"] for r in wrong]),
-        "token_entropy_mean": _mean([r["mean_entropy"] for r in records]),
-        "truncated_frac": _mean([float(r["finish_reason"] == "length") for r in records]),
     }
     if n > 1:
         per_example: dict[int, list[bool]] = {}
@@ -69,11 +59,11 @@ def summarize(records: Sequence[dict[str, Any]], n: int) -> dict[str, float]:
             per_example.setdefault(r["example_index"], []).append(bool(r["correct"]))
         k = 1
         while k <= n:
-            metrics[f"pass@{k}"] = _mean(
+            metrics[f"pass@{k}"] = mean(
                 [pass_at_k(len(v), sum(v), k) for v in per_example.values()]
             )
             k *= 2
-        metrics[f"mean@{n}"] = _mean([sum(v) / len(v) for v in per_example.values()])
+        metrics[f"mean@{n}"] = mean([sum(v) / len(v) for v in per_example.values()])
     return metrics
 
 
@@ -179,13 +169,15 @@ def log_generations(
     Returns:
         The length and entropy summary that was logged.
     """
-    correct = [r for r in records if r.get("correct")]
-    wrong = [r for r in records if not r.get("correct")]
+    full = summarize_records(records)
     summary = {
-        "response_length_mean": _mean([r["length"] for r in records]),
-        "response_length_correct": _mean([r["length"] for r in correct]),
-        "response_length_incorrect": _mean([r["length"] for r in wrong]),
-        "token_entropy_mean": _mean([r.get("mean_entropy", 0.0) for r in records]),
+        k: full[k]
+        for k in (
+            "response_length_mean",
+            "response_length_correct",
+            "response_length_incorrect",
+            "token_entropy_mean",
+        )
     }
     rewards = ("format_reward", "answer_reward", "reward")
     for i, r in enumerate(records[:max_samples]):

@@ -16,6 +16,7 @@ import torch
 
 from lit_align.advantages import BaselineType, group_advantages
 from lit_align.grading import grade_completions
+from lit_align.metrics import ROLLOUT, ROLLOUT_S, prefixed, summarize_records
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
@@ -123,25 +124,16 @@ def _round_metrics(
     adv_metrics: dict[str, torch.Tensor],
     seconds: float,
 ) -> dict[str, float]:
-    correct = [bool(r["correct"]) for r in records]
-    lengths = [len(s.completion_ids) for s in samples]
-    right = [n for n, c in zip(lengths, correct, strict=True) if c]
-    wrong = [n for n, c in zip(lengths, correct, strict=True) if not c]
-    tokens = sum(lengths)
-    metrics = {f"rollout/{k}": float(v) for k, v in reward_metrics.items()}
+    summary = summarize_records(records)
+    summary.pop("reward_mean")  # the evaluator's reward metrics hold it (rollout/reward)
+    metrics = prefixed(ROLLOUT, {**reward_metrics, **summary})
+    tokens = sum(len(s.completion_ids) for s in samples)
     metrics.update(
         {
-            "rollout/accuracy": sum(correct) / max(len(correct), 1),
-            "rollout/response_length_mean": tokens / max(len(lengths), 1),
-            "rollout/response_length_min": float(min(lengths, default=0)),
-            "rollout/response_length_max": float(max(lengths, default=0)),
-            "rollout/response_length_correct": sum(right) / len(right) if right else 0.0,
-            "rollout/response_length_incorrect": sum(wrong) / len(wrong) if wrong else 0.0,
-            "rollout/truncated_frac": sum(s.truncated for s in samples) / max(len(samples), 1),
             "rollout/kept_frac": sum(s.keep for s in samples) / max(len(samples), 1),
             "rollout/zero_variance_group_frac": float(adv_metrics["zero_variance_group_frac"]),
             "rollout/reward_std_in_group": float(adv_metrics["reward_std_in_group"]),
-            "time/rollout_s": seconds,
+            ROLLOUT_S: seconds,
             "rollout/gen_tokens_per_s": tokens / max(seconds, 1e-9),
         }
     )

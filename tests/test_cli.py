@@ -6,11 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_align.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _config_args(config: Path) -> list[str]:
+    """``--config`` arguments of a config: an overlay's first line names the config it goes on."""
+    first = config.read_text().splitlines()[0]
+    if first.startswith("# overlay on: "):
+        base = ROOT / first.removeprefix("# overlay on: ").strip()
+        return ["--config", str(base), "--config", str(config)]
+    return ["--config", str(config)]
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -94,10 +104,22 @@ def test_eval_on_the_demo_model_writes_files_and_counts(demo_run, tmp_path, caps
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *_config_args(config), "--print_config"])
     assert exit_info.value.code in (None, 0)
     printed = capsys.readouterr().out
     assert "class_path: lit_align.modules." in printed and "class_path: lit_align.data." in printed
+    if "overlays" in config.parts:  # an overlay changes what it says it changes, nothing else
+        overlay = yaml.safe_load(config.read_text())
+        merged = yaml.safe_load(printed)
+
+        def check(want, got, where):
+            if isinstance(want, dict):
+                for k, v in want.items():
+                    check(v, got[k], f"{where}.{k}")
+            else:
+                assert got == want, (where, got, want)
+
+        check(overlay, merged, "")
 
 
 def test_cli_help_and_unknown_subcommand(capsys):

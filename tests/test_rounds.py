@@ -42,3 +42,47 @@ def test_a_round_aligns_samples_records_and_metrics(tiny_model, tiny_tokenizer):
     )
     assert [s.completion_ids for s in masked.samples] == [s.completion_ids for s in result.samples]
     assert [s.keep for s in masked.samples] == [not s.truncated for s in result.samples]
+
+
+def test_one_summary_of_graded_records_by_hand():
+    from lit_align.metrics import summarize_records
+
+    records = [
+        {
+            "correct": True,
+            "formatted": True,
+            "reward": 1.0,
+            "length": 4,
+            "mean_entropy": 0.5,
+            "finish_reason": "stop",
+        },
+        {
+            "correct": False,
+            "formatted": True,
+            "reward": 0.5,
+            "length": 8,
+            "mean_entropy": 1.5,
+            "finish_reason": "length",
+        },
+        {
+            "correct": False,
+            "formatted": False,
+            "reward": 0.0,
+            "length": 6,
+            "mean_entropy": 1.0,
+            "finish_reason": "stop",
+        },
+    ]
+    assert summarize_records(records) == {
+        "accuracy": 1 / 3,
+        "format_rate": 2 / 3,
+        "reward_mean": 0.5,
+        "response_length_mean": 6.0,
+        "response_length_min": 4.0,
+        "response_length_max": 8.0,
+        "response_length_correct": 4.0,
+        "response_length_incorrect": 7.0,
+        "token_entropy_mean": 1.0,
+        "truncated_frac": 1 / 3,
+    }
+    assert summarize_records([])["accuracy"] == 0.0

@@ -59,6 +59,24 @@ def test_accumulation_invariance_micro1x4_equals_micro4x1(aggregation):
     assert moved > 1e-3  # one real step was taken
 
 
+def test_batch_size_derives_accumulation_and_equals_setting_it_by_hand():
+    module = SFTModule("tiny", dtype="float32", optimizer=_sgd, loss_aggregation="token_mean")
+    dm = SFTDataModule(
+        "synthetic:addition", template="demo", synthetic_size=4, micro_batch_size=1, batch_size=4
+    )
+    trainer = _trainer(max_steps=1)
+    trainer.fit(module, dm)
+    assert trainer.accumulate_grad_batches == 4
+    by_hand = _fit(micro=1, accumulate=4, size=4, max_steps=1)
+    for pa, pb in zip(module.model.parameters(), by_hand.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="must be divisible by micro_batch_size"):
+        SFTDataModule("synthetic:addition", micro_batch_size=3, batch_size=4)
+    dm = SFTDataModule("synthetic:addition", template="demo", micro_batch_size=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"remove trainer\.accumulate_grad_batches"):
+        _trainer(accumulate_grad_batches=2, max_steps=1).fit(module, dm)
+
+
 def test_window_normalizers_sum_to_the_exact_token_mean():
     counts = [3, 5, 7, 11, 13, 2, 4]
     sampler = WindowBatchSampler(counts, micro_batch_size=2, accumulate=2, seed=1)

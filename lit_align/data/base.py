@@ -1,5 +1,6 @@
 """What SFT and rollout DataModules share: the task (template, evaluator), validation prompts,
-the rollout engine they own, and the wiring to the LightningModule's tokenizer and policy."""
+the rollout engine they own (and its weight sync), and the wiring to the LightningModule's
+tokenizer and policy."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.sources import Example, Layout, load_examples
 from lit_align.data.templates import TEMPLATE_NAMES, TemplateName, format_prompt
+from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
+from lit_align.rollout.base import RolloutEngine, check_weight_version
 from lit_align.rollout.factory import EngineConfig, build_engine
+from lit_align.rollout.weights import sync_weights
 
 __all__ = ["PromptDataset", "TaskDataModule", "default_evaluator"]
 
@@ -47,7 +51,9 @@ class TaskDataModule(L.LightningDataModule):
     """Base of the lit_align DataModules.
 
     The tokenizer and the policy come from the LightningModule (its ``tokenizer`` and ``model``);
-    the DataModule owns the rollout engine (``engine``), built on first use.
+    the DataModule owns the rollout engine and is the one place that pushes the policy's weights
+    into it: :meth:`synced_engine` (called before every round and every validation) syncs when the
+    engine's ``weight_version`` is behind the trainer's step, and logs ``time/weight_sync_s``.
 
     Args:
         val_source: validation prompts: JSONL path, ``hf:NAME`` or ``synthetic:TASK``; None
@@ -121,14 +127,31 @@ class TaskDataModule(L.LightningDataModule):
         return self.module.tokenizer
 
     @property
-    def engine(self) -> Any:
-        """The rollout engine, built on first use from the module's policy."""
+    def engine(self) -> RolloutEngine:
+        """The rollout engine, built on first use (no weights are pushed: see :meth:`synced_engine`)."""
         if self._engine is None:
             module = self.module
             self._engine = build_engine(
                 self.engine_config, module.model, module.tokenizer, module.model_name_or_path
             )
         return self._engine
+
+    def synced_engine(self, step: int) -> RolloutEngine:
+        """The engine, holding the policy's weights of optimizer step ``step``.
+
+        The only place weights move from the policy to the engine: a sync runs when the engine's
+        version differs from ``step`` (a new engine, a finished round, a restored checkpoint),
+        on every rank (FSDP gathers are collectives), and its seconds are logged as
+        ``time/weight_sync_s``.
+        """
+        engine = self.engine
+        if engine.weight_version != step:
+            seconds = sync_weights(engine, self.module.model, step)
+            logger = self.trainer.logger if self.trainer is not None else None
+            if logger is not None:
+                logger.log_metrics({WEIGHT_SYNC_S: seconds}, step=step)
+        check_weight_version(engine, step)  # an engine whose load_weights forgot its version
+        return engine
 
     def load(
         self, source: str, split: str, limit: int | None, seed: int, size: int = 1024
@@ -163,6 +186,31 @@ class TaskDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{type(self).__name__} shards the data across ranks itself; set trainer.use_distributed_sampler: false"
             )
+
+    def derive_accumulation(self, batch_size: int, micro_batch_size: int, field: str) -> int:
+        """Set ``trainer.accumulate_grad_batches`` to ``batch_size / (micro_batch_size × ranks)``.
+
+        The batch sizes are the one source of truth; a value set by hand that disagrees stops
+        the run with the fix (1, Lightning's default, is taken as unset).
+        """
+        trainer = self.trainer
+        ranks = trainer.world_size
+        if batch_size % (micro_batch_size * ranks):
+            raise ValueError(
+                f"{type(self).__name__}: {field} ({batch_size}) must be divisible by "
+                f"micro_batch_size × ranks ({micro_batch_size} × {ranks})"
+            )
+        expected = batch_size // (micro_batch_size * ranks)
+        given = trainer.accumulate_grad_batches
+        if given not in (1, expected):
+            raise ValueError(
+                f"{type(self).__name__}: trainer.accumulate_grad_batches is {given}, but {field} / "
+                f"(micro_batch_size × ranks) = {batch_size} / ({micro_batch_size} × {ranks}) = "
+                f"{expected}; remove trainer.accumulate_grad_batches (it is derived from the batch "
+                f"sizes) or set trainer.accumulate_grad_batches: {expected}"
+            )
+        trainer.accumulate_grad_batches = expected
+        return expected
 
     # ------------------------------------------------------------------ validation
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from lit_align.advantages import BaselineType
 from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
-from lit_align.rollout.base import SamplingConfig, check_weight_version
+from lit_align.rollout.base import RolloutEngine, SamplingConfig
 from lit_align.rounds import AdvantageConfig, Rollout, Round, run_round
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,11 @@ class RolloutDataModule(TaskDataModule):
         train_batch_size: samples per optimizer step; rollout_batch_size / train_batch_size
             optimizer steps per pass over the round.
         micro_batch_size: samples per forward/backward, per rank. The trainer's
-            ``accumulate_grad_batches`` must equal train_batch_size / (micro_batch_size × ranks).
+            ``accumulate_grad_batches`` is derived: train_batch_size / (micro_batch_size × ranks).
         epochs_per_rollout_batch: passes over each round's rollouts (> 1 is off-policy).
-        temperature: rollout sampling temperature.
-        top_p: rollout nucleus mass.
-        max_new_tokens: rollout budget per sample.
-        min_new_tokens: end-of-sequence suppressed before this many tokens.
-        stop: stop strings (None: the template's, e.g. ``</answer>``).
+        sampling: how rollouts are sampled (temperature, top_p, max_new_tokens, min_new_tokens,
+            stop; stop None: the template's, e.g. ``</answer>``). ``n`` is group_size and the
+            seed is derived from ``seed`` and the round, so neither is set here.
         normalize_by_std: divide advantages by the group's std (GRPO); off is Dr. GRPO.
         advantage_eps: added to the group std.
         baseline: ``mean`` (GRPO) or ``leave_one_out`` (RLOO).
@@ -176,11 +175,7 @@ class RolloutDataModule(TaskDataModule):
         train_batch_size: int = 256,
         micro_batch_size: int = 2,
         epochs_per_rollout_batch: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 1024,
-        min_new_tokens: int = 4,
-        stop: list[str] | None = None,
+        sampling: SamplingConfig | None = None,
         normalize_by_std: bool = True,
         advantage_eps: float = 1e-6,
         baseline: BaselineType = "mean",
@@ -203,18 +198,16 @@ class RolloutDataModule(TaskDataModule):
         self.synthetic_size = synthetic_size
         self._prompts: list[Example] | None = None
         self.buffer: RolloutBuffer | None = None
-        self.round: Round | None = None
-        self.round_metrics: dict[str, float] = {}
-        self.last_records: list[dict[str, Any]] = []
+        self.round: Round | None = None  # the latest round (callbacks read its records, metrics)
         self._check_sizes(world_size=1)
-        self.sampling = SamplingConfig(
-            n=group_size,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            stop=stop_strings_for(self.template) if stop is None else list(stop),
-        )
+        given = sampling or SamplingConfig(temperature=1.0, max_new_tokens=1024, min_new_tokens=4)
+        if given.n not in (1, group_size) or given.seed != 0:
+            raise ValueError(
+                "RolloutDataModule: sampling.n and sampling.seed are derived (n = group_size, the "
+                "seed from seed and the round); set group_size and seed instead"
+            )
+        stop = stop_strings_for(self.template) if given.stop is None else list(given.stop)
+        self.sampling = replace(given, n=group_size, stop=stop)
 
     # ------------------------------------------------------------------ sizes
 
@@ -223,7 +216,7 @@ class RolloutDataModule(TaskDataModule):
         """Optimizer steps per round."""
         return self.rollout_batch_size // self.train_batch_size * self.epochs_per_rollout_batch
 
-    def _check_sizes(self, world_size: int, accumulate: int | None = None) -> None:
+    def _check_sizes(self, world_size: int) -> None:
         def fail(message: str) -> None:
             raise ValueError(f"RolloutDataModule: {message}")
 
@@ -254,17 +247,14 @@ class RolloutDataModule(TaskDataModule):
             fail(
                 f"train_batch_size ({T}) must be divisible by micro_batch_size × ranks ({M} × {W})"
             )
-        expected = T // (M * W)
-        if accumulate is not None and accumulate != expected:
-            fail(
-                f"trainer.accumulate_grad_batches is {accumulate}, but train_batch_size / (micro_batch_size × ranks) "
-                f"= {T} / ({M} × {W}) = {expected}; set trainer.accumulate_grad_batches: {expected}"
-            )
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
         if stage == "fit" and trainer is not None:
-            self._check_sizes(trainer.world_size, trainer.accumulate_grad_batches)
+            self._check_sizes(trainer.world_size)
+            self.derive_accumulation(
+                self.train_batch_size, self.micro_batch_size, "train_batch_size"
+            )
             if trainer.reload_dataloaders_every_n_epochs != 1:
                 raise ValueError(
                     "RolloutDataModule: one epoch is one rollout round, so set "
@@ -297,15 +287,15 @@ class RolloutDataModule(TaskDataModule):
         per_rank = per_round // world_size
         return chosen[rank * per_rank : (rank + 1) * per_rank]
 
-    def generate_round(self, round_index: int, rank: int = 0, world_size: int = 1) -> RolloutBuffer:
-        """Generate, grade and buffer one round (:func:`lit_align.rounds.run_round`)."""
+    def generate_round(
+        self, engine: RolloutEngine, round_index: int, rank: int = 0, world_size: int = 1
+    ) -> RolloutBuffer:
+        """Generate with ``engine``, grade and buffer one round (:func:`lit_align.rounds.run_round`)."""
         examples = self.round_prompts(round_index, rank, world_size)
         prompts = [self.prompt_text(e) for e in examples]
-        sampling = SamplingConfig(
-            **{**vars(self.sampling), "seed": self.seed * 1_000_003 + round_index}
-        )
+        sampling = replace(self.sampling, seed=self.seed * 1_000_003 + round_index)
         self.round = run_round(
-            self.engine,
+            engine,
             self.evaluator,
             prompts,
             [self.prompt_ids(p) for p in prompts],
@@ -313,19 +303,16 @@ class RolloutDataModule(TaskDataModule):
             sampling,
             self.advantages,
         )
-        self.round_metrics = self.round.metrics
-        self.last_records = self.round.records[: 2 * self.group_size]
         return RolloutBuffer(self.round.samples)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        engine = self.engine
-        check_weight_version(engine, trainer.global_step)
+        engine = self.synced_engine(trainer.global_step)
         self.buffer = self.generate_round(
-            trainer.current_epoch, trainer.global_rank, trainer.world_size
+            engine, trainer.current_epoch, trainer.global_rank, trainer.world_size
         )
-        if trainer.logger is not None:  # here, whatever module trains on the round
-            trainer.logger.log_metrics(self.round_metrics, step=trainer.global_step)
+        if trainer.logger is not None and self.round is not None:  # whatever module trains on it
+            trainer.logger.log_metrics(self.round.metrics, step=trainer.global_step)
         W = trainer.world_size
         sampler = _StepBatchSampler(
             self.buffer,
@@ -343,14 +330,3 @@ class RolloutDataModule(TaskDataModule):
         return DataLoader(
             self.buffer, batch_sampler=sampler, collate_fn=self.buffer.collate, num_workers=0
         )
-
-    @property
-    def engine(self) -> Any:
-        """The rollout engine; the policy's weights are pushed into it when it is built."""
-        fresh = self._engine is None
-        engine = super().engine
-        if fresh:
-            from lit_align.rollout.weights import sync_weights
-
-            sync_weights(engine, self.module.model, self.module.global_step)
-        return engine

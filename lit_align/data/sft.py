@@ -99,7 +99,10 @@ class SFTDataModule(TaskDataModule):
             solutions into r1_zero responses, or the XML format for ``gsm8k_chat``).
         limit: seeded subset size of the training set (128, 256, …; None: all).
         correct_only: keep only examples whose response's answer grades correct.
-        micro_batch_size: examples per training micro-batch.
+        micro_batch_size: examples per training micro-batch, per rank.
+        batch_size: examples per optimizer step over all ranks; the trainer's
+            ``accumulate_grad_batches`` is derived from it (batch_size / (micro_batch_size ×
+            ranks)). None: one micro-batch per rank, unless accumulate_grad_batches is set.
         max_length: drop training pairs longer than this many tokens (None: keep all).
         synthetic_size: examples of a synthetic training task.
         **kwargs: validation, template, evaluator, engine… (see
@@ -113,6 +116,7 @@ class SFTDataModule(TaskDataModule):
         limit: int | None = None,
         correct_only: bool = False,
         micro_batch_size: int = 4,
+        batch_size: int | None = None,
         max_length: int | None = None,
         synthetic_size: int = 1024,
         **kwargs: Any,
@@ -120,6 +124,10 @@ class SFTDataModule(TaskDataModule):
         super().__init__(**kwargs)
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        if batch_size is not None and batch_size % micro_batch_size:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be divisible by micro_batch_size ({micro_batch_size})"
+            )
         if responses not in ("given", "reference"):
             raise ValueError(f"unknown responses {responses!r}; accepted values: given, reference")
         self.train_source = train_source
@@ -127,6 +135,7 @@ class SFTDataModule(TaskDataModule):
         self.limit = limit
         self.correct_only = correct_only
         self.micro_batch_size = micro_batch_size
+        self.batch_size = batch_size
         self.max_length = max_length
         self.synthetic_size = synthetic_size
         self._train: tuple[list[str], list[str], list[int]] | None = None
@@ -135,6 +144,8 @@ class SFTDataModule(TaskDataModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.check_sharding()
+            if self.batch_size is not None and self.trainer is not None:
+                self.derive_accumulation(self.batch_size, self.micro_batch_size, "batch_size")
         if stage == "fit" and self._train is None:
             self._train = self._training_pairs()
         if stage in ("fit", "validate"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -12,13 +13,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lit_align.data.templates import stop_strings_for
 from lit_align.evaluation import log_generations
 from lit_align.grading import grade_completions
+from lit_align.metrics import PER_RECORD, VAL, prefixed
 from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.weights import sync_weights
 
 __all__ = ["PolicyModule"]
 
@@ -41,7 +43,8 @@ class PolicyModule(L.LightningModule):
         optimizer: a callable ``params -> Optimizer``; default AdamW(lr 1e-5, β=(0.9, 0.95), wd 0).
         lr_scheduler: a callable ``optimizer -> scheduler`` stepped every optimizer step, e.g.
             ``lit_align.modules.schedules.WarmupCosine``; None: constant rate.
-        val_sampling: sampling for validation (default greedy, 1024 new tokens, stop ``</answer>``).
+        val_sampling: sampling for validation (default greedy, 1024 new tokens; stop None: the
+            DataModule's template's stop strings, e.g. ``</answer>``).
         log_samples: generations written to TensorBoard text at each validation.
         logprob_chunk_tokens: tokens per LM-head chunk in the log-prob computation.
         validate_at_start: run the validation pass once before the first training step and log
@@ -67,9 +70,7 @@ class PolicyModule(L.LightningModule):
         self.model_name_or_path = model_name_or_path
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
-        self.val_sampling = val_sampling or SamplingConfig(
-            temperature=0.0, max_new_tokens=1024, stop=["</answer>"]
-        )
+        self.val_sampling = val_sampling or SamplingConfig(temperature=0.0, max_new_tokens=1024)
         self.log_samples = log_samples
         self.validate_at_start = validate_at_start
         self._load_kwargs = {
@@ -82,12 +83,7 @@ class PolicyModule(L.LightningModule):
         model, self.tokenizer = load_model_and_tokenizer(model_name_or_path, **self._load_kwargs)
         model.train()  # from_pretrained returns eval mode, which also disables HF checkpointing
         self.policy = CausalLMLogProbs(model, logprob_chunk_tokens)
-        self.val_metrics = nn.ModuleDict(
-            {
-                name: MeanMetric()
-                for name in ("accuracy", "format_rate", "reward", "response_length")
-            }
-        )
+        self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in PER_RECORD})
         self._val_records: list[dict[str, Any]] = []
         self._step_clock: float | None = None
 
@@ -168,29 +164,29 @@ class PolicyModule(L.LightningModule):
         """The DataModule's evaluator: the data defines the task and how it is graded."""
         return self.trainer.datamodule.evaluator
 
+    @property
+    def _sampling(self) -> SamplingConfig:
+        """``val_sampling`` with the task's stop strings when it names none."""
+        if self.val_sampling.stop is not None:
+            return self.val_sampling
+        return replace(self.val_sampling, stop=stop_strings_for(self.trainer.datamodule.template))
+
     def on_validation_start(self) -> None:
-        engine = self.engine
-        if engine.weight_version != self.global_step:
-            sync_weights(engine, self.model, self.global_step)
+        engine = self.trainer.datamodule.synced_engine(self.global_step)
         engine.wake_up()
         self._val_records = []
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        completions = self.engine.generate([row["prompt_ids"] for row in batch], self.val_sampling)
+        completions = self.engine.generate([row["prompt_ids"] for row in batch], self._sampling)
         records, _, _ = grade_completions(
             self.evaluator,
             [row["prompt"] for row in batch],
             [row["answer"] for row in batch],
             completions,
-            self.val_sampling.n,
+            self._sampling.n,
         )
-        updates = {
-            "accuracy": [float(r["correct"]) for r in records],
-            "format_rate": [float(r["formatted"]) for r in records],
-            "reward": [r["reward"] for r in records],
-            "response_length": [float(r["length"]) for r in records],
-        }
-        for name, values in updates.items():
+        for name, value in PER_RECORD.items():
+            values = [value(r) for r in records]
             self.val_metrics[name].update(torch.tensor(values, device=self.device))
         if len(self._val_records) < self.log_samples:
             self._val_records.extend(records)
@@ -205,7 +201,7 @@ class PolicyModule(L.LightningModule):
         self.on_validation_start()
         for i, batch in enumerate(loaders):
             self.validation_step(batch, i)
-        metrics = {f"val/{name}": float(m.compute()) for name, m in self.val_metrics.items()}
+        metrics = prefixed(VAL, {name: m.compute() for name, m in self.val_metrics.items()})
         for m in self.val_metrics.values():
             m.reset()
         if self.logger is not None:
@@ -213,7 +209,9 @@ class PolicyModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for name, metric in self.val_metrics.items():
-            self.log(f"val/{name}", metric.compute(), prog_bar=name == "accuracy", sync_dist=False)
+            self.log(
+                f"{VAL}/{name}", metric.compute(), prog_bar=name == "accuracy", sync_dist=False
+            )
             metric.reset()
         writer = getattr(self.logger, "experiment", None) if self.logger else None
         if self.trainer.is_global_zero and self._val_records and hasattr(writer, "add_text"):

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.losses import Aggregation, KLEstimator, LossType, policy_loss
+from lit_align.metrics import ENGINE_MISMATCH
 from lit_align.modules.base import PolicyModule
 from lit_align.ops import CausalLMLogProbs, masked_mean
 
@@ -159,8 +160,8 @@ class GRPOModule(PolicyModule):
                 f"{self.global_step} (round {self.current_epoch}) is above "
                 f"mismatch_warn_threshold {threshold}: the rollouts were sampled from another "
                 "distribution than the policy being trained. Check that the engine received the "
-                "policy's weights (WeightSync), that engine and trainer use the same dtype and "
-                "tokenizer, and consider tis_cap to correct for the gap."
+                "policy's weights (each sync logs time/weight_sync_s), that engine and trainer use "
+                "the same dtype and tokenizer, and consider tis_cap to correct for the gap."
             )
 
     # ------------------------------------------------------------------ training
@@ -207,7 +208,7 @@ class GRPOModule(PolicyModule):
             # between its log-probs and the engine's is engine/trainer numerical mismatch.
             diff = (log_probs.detach() - batch["rollout_log_probs"]).abs()
             gap = masked_mean(diff, completion)
-            self.log("train/engine_logprob_mismatch", gap, on_step=True, batch_size=size)
+            self.log(ENGINE_MISMATCH, gap, on_step=True, batch_size=size)
             self._mismatch += torch.tensor(
                 [float((diff * completion).sum()), float(completion.sum())], dtype=torch.float64
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -41,6 +41,8 @@ class SamplingConfig:
         max_new_tokens: generation budget per sample.
         min_new_tokens: end-of-sequence is suppressed before this many tokens.
         stop: stop strings; generation ends after one appears, and it is kept in the text.
+            None: the task's (a DataModule or ``lit_align eval`` fills in its template's, e.g.
+            ``</answer>``); ``[]``: none.
         seed: sampling seed; the HF engine derives each row's stream from (seed, prompt, sample
             index), so a prompt's samples do not depend on its batch. Vary it per round.
     """
@@ -50,7 +52,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 1024
     min_new_tokens: int = 0
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,7 +138,8 @@ def check_weight_version(engine: RolloutEngine, step: int, what: str = "a rollou
     if held != step:
         raise StaleWeightsError(
             f"refusing to generate {what}: the rollout engine holds the weights of step {held} but "
-            f"the policy is at step {step}, so the samples would come from a stale policy. Add "
-            "lit_align.callbacks.WeightSync to trainer.callbacks (it syncs after every round), or "
-            "call lit_align.rollout.sync_weights(engine, model, step) before generating."
+            f"the policy is at step {step}, so the samples would come from a stale policy. Call "
+            "lit_align.rollout.sync_weights(engine, model, step) before generating (lit_align's "
+            "DataModules do it before every round), and make sure the engine's load_weights "
+            "records the version it is given as its weight_version."
         )

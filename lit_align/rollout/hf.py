@@ -162,7 +162,7 @@ class HFEngine:
             while tokens and tokens[-1] == pad:
                 tokens = tokens[:-1]
         text = decode(tokens, skip_special_tokens=True)
-        hits = [(text.find(s), s) for s in sampling.stop if s and s in text]
+        hits = [(text.find(s), s) for s in sampling.stop or () if s and s in text]
         if hits:
             at, stop = min(hits)
             end = at + len(stop)

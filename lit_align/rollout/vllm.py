@@ -92,7 +92,7 @@ def sampling_kwargs(sampling: SamplingConfig, seed: int | None = None) -> dict[s
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_new_tokens,
         "min_tokens": sampling.min_new_tokens,
-        "stop": list(sampling.stop) or None,
+        "stop": list(sampling.stop or []) or None,
         "include_stop_str_in_output": True,  # "</answer>" stays in the text, as in the HF engine
         "logprobs": 0,  # the sampled token's log-prob only
         "seed": seed,

@@ -19,10 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lit_align.callbacks import WeightSync  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
+from lit_align.rollout import SamplingConfig  # noqa: E402
 from lit_align.rollout import EngineConfig, full_state_items  # noqa: E402
 
 GLOBAL_MICRO_BATCHES = 4  # per optimizer step, over all ranks
@@ -62,10 +62,10 @@ def build(task: str):
         module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, loss_type="grpo_clip")
         data = RolloutDataModule(
             train_source="synthetic:addition", template="demo", synthetic_size=64, group_size=4,
-            rollout_batch_size=16, train_batch_size=16, micro_batch_size=MICRO, max_new_tokens=8, min_new_tokens=1,
+            rollout_batch_size=16, train_batch_size=16, micro_batch_size=MICRO, sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
             evaluator=DistinctCharacters(), engine=VLLM_ENGINE if vllm else None,
         )
-        return module, data, [WeightSync()]
+        return module, data, []
     module = SFTModule("tiny", dtype="float32", optimizer=_adamw, loss_aggregation="token_mean")
     data = SFTDataModule("synthetic:addition", template="demo", synthetic_size=32, micro_batch_size=MICRO)
     return module, data, []
