@@ -45,12 +45,9 @@ class GenerationSamples(L.Callback):
         if not records or not trainer.is_global_zero or not hasattr(writer, "add_text"):
             return
         if trainer.current_epoch % self.every_n_rounds == 0:
+            # Text only: the round's statistics are logged by its DataModule under rollout/*.
             log_generations(
-                records[: self.num_samples],
-                writer,
-                trainer.global_step,
-                self.num_samples,
-                "rollout",
+                records, writer, trainer.global_step, self.num_samples, "rollout", scalars=False
             )
 
 

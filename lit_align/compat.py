@@ -20,7 +20,6 @@ from lit_align.losses import LossType, compute_per_token_policy_loss, policy_los
 from lit_align.ops import (
     compute_entropy,
     get_response_log_probs,
-    masked_mean,
     masked_normalize,
     tokenize_prompt_and_output,
 )
@@ -38,6 +37,18 @@ __all__ = [
     "sft_microbatch_train_step",
     "tokenize_prompt_and_output",
 ]
+
+
+def masked_mean(tensor: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``tensor`` over the entries where ``mask`` is 1 (the reference's semantics).
+
+    A slice whose mask is all zeros gives NaN (0 / 0), as in the reference; lit_align's losses use
+    :func:`lit_align.ops.guarded_masked_mean`, which gives 0 there.
+    """
+    mask = mask.to(tensor.dtype)
+    if dim is None:
+        return (tensor * mask).sum() / mask.sum()
+    return (tensor * mask).sum(dim=dim) / mask.sum(dim=dim)
 
 
 def compute_group_normalized_rewards(

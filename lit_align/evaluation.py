@@ -155,9 +155,10 @@ def log_generations(
     step: int = 0,
     max_samples: int = 8,
     tag: str = "generations",
+    scalars: bool = True,
 ) -> dict[str, float]:
     """Log generations: prompt, response, ground truth, rewards and entropy of a few samples,
-    plus mean response length overall / for correct / for incorrect responses.
+    plus mean response length overall / for correct / for incorrect responses over all of them.
 
     Args:
         records: records from :func:`evaluate` (or the training loop).
@@ -165,6 +166,8 @@ def log_generations(
         step: global step for TensorBoard.
         max_samples: how many samples to write out in full.
         tag: TensorBoard tag prefix.
+        scalars: also write the summary as scalars under ``tag/``; off where the full set's
+            statistics are logged elsewhere under the same names (training rounds, validation).
 
     Returns:
         The length and entropy summary that was logged.
@@ -191,7 +194,7 @@ def log_generations(
         else:
             log.info("%s sample %d: %s", tag, i, text)
     for k, v in summary.items():
-        if writer is not None:
+        if writer is not None and scalars:
             writer.add_scalar(f"{tag}/{k}", v, step)
     if writer is None:
         log.info("%s: %s", tag, summary)

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lit_align.ops import masked_mean, masked_normalize
+from lit_align.ops import guarded_masked_mean, masked_normalize
 
 __all__ = [
     "Aggregation",
@@ -138,7 +138,9 @@ def compute_per_token_policy_loss(
             raise ValueError("loss_type='gspo' needs `response_mask` for its sequence-level ratio")
         _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
         # GSPO: s_i = exp(mean_t log-ratio), one ratio per sequence, broadcast over tokens.
-        log_ratio = masked_mean(log_ratio, response_mask, dim=-1).unsqueeze(-1).expand_as(log_ratio)
+        log_ratio = (
+            guarded_masked_mean(log_ratio, response_mask, dim=-1).unsqueeze(-1).expand_as(log_ratio)
+        )
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = ratio * weights
     meta: dict[str, Tensor] = {"ratio": ratio.detach()}
@@ -192,14 +194,14 @@ def _seq_mean(per_sequence: Tensor, sequences: float | None) -> Tensor:
 def _agg_seq_mean_token_mean(
     loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
 ) -> Tensor:
-    return _seq_mean(masked_mean(loss, mask, dim=-1), sequences)
+    return _seq_mean(guarded_masked_mean(loss, mask, dim=-1), sequences)
 
 
 def _agg_token_mean(
     loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
 ) -> Tensor:
     if tokens is None:
-        return masked_mean(loss, mask)
+        return guarded_masked_mean(loss, mask)
     return masked_normalize(loss, mask, tokens)
 
 
@@ -325,7 +327,7 @@ def policy_loss(
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
         tis_w = torch.exp(behaviour.detach() - rollout_log_probs).clamp(max=tis_cap)
         per_token = per_token * tis_w
-        metrics["tis_weight_mean"] = masked_mean(tis_w, mask).detach()
+        metrics["tis_weight_mean"] = guarded_masked_mean(tis_w, mask).detach()
 
     metrics["pg_loss"] = aggregate_loss(
         per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
@@ -336,13 +338,13 @@ def policy_loss(
         kl = kl_penalty(policy_log_probs, ref_log_probs, kl_estimator)
         if kl_coef != 0.0:
             per_token = per_token + kl_coef * kl
-        metrics["kl"] = masked_mean(kl, mask).detach()
+        metrics["kl"] = guarded_masked_mean(kl, mask).detach()
 
     if "ratio" in meta:
         ratio = meta["ratio"]
         big = torch.finfo(ratio.dtype).max
         has = mask.sum() > 0
-        metrics["ratio_mean"] = masked_mean(ratio, mask).detach()
+        metrics["ratio_mean"] = guarded_masked_mean(ratio, mask).detach()
         metrics["ratio_min"] = (
             torch.where(mask > 0, ratio, big).min() if has else ratio.new_tensor(1.0)
         )
@@ -352,7 +354,7 @@ def policy_loss(
         for key in ("clipped", "clipped_low", "clipped_high"):
             if key in meta:
                 name = "clip_frac" + key.removeprefix("clipped")
-                metrics[name] = masked_mean(meta[key].to(mask.dtype), mask).detach()
+                metrics[name] = guarded_masked_mean(meta[key].to(mask.dtype), mask).detach()
 
     loss = aggregate_loss(
         per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer

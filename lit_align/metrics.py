@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "ENGINE_MISMATCH",
+    "KL_TO_ROLLOUT",
     "MEMORY",
     "PER_RECORD",
     "ROLLOUT",
@@ -37,6 +38,7 @@ ROLLOUT_S = "time/rollout_s"  # seconds the engine spent generating a round
 TRAIN_S = "time/train_s"  # seconds of a round's optimizer steps
 ROLLOUT_FRACTION = "time/rollout_fraction"
 ENGINE_MISMATCH = "train/engine_logprob_mismatch"  # nats/token, engine vs trainer, same weights
+KL_TO_ROLLOUT = "train/kl_to_rollout"  # k3 KL of the policy to the one that sampled the round
 
 # Per-record values whose means are the validation metrics (val/<key>).
 PER_RECORD: dict[str, Callable[[Mapping[str, Any]], float]] = {
@@ -44,6 +46,7 @@ PER_RECORD: dict[str, Callable[[Mapping[str, Any]], float]] = {
     "format_rate": lambda r: float(r["formatted"]),
     "reward": lambda r: float(r["reward"]),
     "response_length": lambda r: float(r["length"]),
+    "token_entropy": lambda r: float(r.get("mean_entropy", 0.0)),
 }
 
 

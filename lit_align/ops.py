@@ -17,7 +17,7 @@ __all__ = [
     "CausalLMLogProbs",
     "compute_entropy",
     "get_response_log_probs",
-    "masked_mean",
+    "guarded_masked_mean",
     "masked_normalize",
     "tokenize_prompt_and_output",
 ]
@@ -83,11 +83,10 @@ def compute_entropy(logits: Tensor) -> Tensor:
     return lse - (probs * logits).sum(dim=-1)
 
 
-def masked_mean(tensor: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``tensor`` over the entries where ``mask`` is 1.
-
-    A slice with no masked entry gives 0 rather than NaN (the count is clamped to 1), so
-    all-padding rows never poison a loss.
+def guarded_masked_mean(tensor: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``tensor`` over the entries where ``mask`` is 1, guarded: a slice with no masked
+    entry gives 0 rather than NaN (the count is clamped to 1), so all-padding rows never poison a
+    loss. (:func:`lit_align.compat.masked_mean` keeps the reference's 0/0 = NaN instead.)
 
     Args:
         tensor: any shape.

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lit_align.advantages import BaselineType, group_advantages
+from lit_align.advantages import BaselineType, constant_groups, group_advantages
 from lit_align.grading import grade_completions
 from lit_align.metrics import ROLLOUT, ROLLOUT_S, prefixed, summarize_records
 from lit_align.rewards.evaluators import RewardEvaluator
@@ -91,11 +91,7 @@ def run_round(
     adv, adv_metrics = group_advantages(
         totals, G, options.eps, options.normalize_by_std, options.baseline
     )
-    zero_var = (
-        (totals.view(-1, G).std(dim=1) == 0)
-        if G > 1
-        else torch.ones(len(totals) // G, dtype=torch.bool)
-    )
+    zero_var = constant_groups(totals, G)  # (N/G,)
     samples = []
     for k, c in enumerate(completions):
         truncated = c.finish_reason == "length"

@@ -174,6 +174,8 @@ def test_engine_weights_equal_policy_after_every_round_and_on_policy_identities(
         assert step["train/ratio_min"] == step["train/ratio_max"] == 1.0
         assert step["train/clip_frac"] == 0.0
         assert step["train/engine_logprob_mismatch"] < 1e-5
+        # β = 0 and no reference model, yet a KL is logged: to the sampling policy, 0 on-policy.
+        assert "train/kl" not in step and abs(step["train/kl_to_rollout"]) < 1e-5
     assert dm.buffer is not None and "old" not in dm.buffer.extra  # no extra pass was needed
 
 
@@ -189,6 +191,9 @@ def test_off_policy_rounds_take_the_expected_steps_and_use_old_log_probs():
     per_round = len(record.steps) // 2
     assert record.steps[0]["train/ratio_max"] == pytest.approx(1.0, abs=1e-5)
     assert max(s["train/ratio_max"] for s in record.steps[2:per_round]) > 1.0 + 1e-4
+    # The KL to the round's sampling policy grows as the round's steps move the policy.
+    assert record.steps[0]["train/kl_to_rollout"] == pytest.approx(0.0, abs=1e-6)
+    assert max(s["train/kl_to_rollout"] for s in record.steps[2:per_round]) > 1e-7
 
 
 def test_reference_model_only_with_kl():
@@ -266,3 +271,23 @@ def test_engine_trainer_mismatch_above_the_threshold_warns(recwarn):
     recwarn.clear()
     _trainer([ShiftEngineLogProbs(0.01)], max_epochs=1).fit(_module(), _dm())
     assert not any("log-prob mismatch" in str(w.message) for w in recwarn.list)
+
+
+def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lit_align.callbacks import GenerationSamples
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    trainer = _trainer(
+        [GenerationSamples(num_samples=2)], max_epochs=2, logger=logger, log_every_n_steps=1
+    )
+    dm = _dm()
+    trainer.fit(_module(), dm)
+    acc = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    acc.Reload()
+    lengths = [e.value for e in acc.Scalars("rollout/response_length_mean")]
+    assert len(lengths) == 2  # one per round: the sample logger adds no scalar of its own
+    assert lengths[-1] == pytest.approx(dm.round.metrics["rollout/response_length_mean"])
+    assert "rollout/sample_1/text_summary" in acc.Tags()["tensors"]
+    assert "train/kl_to_rollout" in acc.Tags()["scalars"]

@@ -139,6 +139,56 @@ def test_judge_over_http_scores_parses_and_counts_fallbacks(monkeypatch):
     assert "sk-test-123" not in repr(vars(backend))  # the key is read per request, never stored
 
 
+def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_judge_never_sends_the_key_across_a_redirect(code, monkeypatch, caplog):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
+    seen: list[dict] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _record(self):
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+    other = _serve(Elsewhere)
+    target = f"http://127.0.0.1:{other.server_address[1]}/steal"
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.send_response(code)  # urllib turns a 302 POST into a GET, headers included
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = _serve(Redirect)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        backend = OpenAIChatJudge(url, "m", api_key_env="TEST_JUDGE_KEY", max_retries=0)
+        with caplog.at_level("WARNING"):
+            assert backend.complete(["STORY-A"]) == [None]
+    finally:
+        for s in (server, other):
+            s.shutdown()
+            s.server_close()
+    assert seen == []  # nothing, and so no key, reached the other origin
+    assert f"redirect to {target} refused" in caplog.text
+
+
 def test_judge_retries_server_errors_then_succeeds():
     with _JudgeServer(REPLIES, fail_first=2) as server:
         backend = OpenAIChatJudge(

@@ -16,12 +16,14 @@ from lit_align.compat import (
     grpo_microbatch_train_step,
     sft_microbatch_train_step,
 )
+from lit_align.compat import masked_mean as compat_masked_mean
 from lit_align.losses import (
     aggregate_loss,
     compute_per_token_policy_loss,
     kl_penalty,
     policy_loss,
 )
+from lit_align.ops import guarded_masked_mean
 
 LN = math.log
 # Ratios 1.5 and 0.5 per row (old log-probs 0), advantages +1 and −1, ε = 0.2.
@@ -330,6 +332,29 @@ def test_extra_right_padding_changes_nothing():
     )
     assert loss_b.item() == pytest.approx(loss_a.item(), abs=1e-12)
     torch.testing.assert_close(padded.weight.grad, base.weight.grad, rtol=0, atol=1e-12)
+
+
+def test_constant_groups_give_exactly_zero_whatever_eps():
+    # float32 std of eight 0.7s is ~6e-8, not 0: without an exact check, ±0.935 advantages.
+    for eps in (0.0, 1e-6):
+        adv, m = group_advantages(torch.full((8,), 0.7), 8, advantage_eps=eps)
+        assert adv.tolist() == [0.0] * 8 and m["zero_variance_group_frac"].item() == 1.0
+    adv, m = group_advantages(torch.tensor([0.7] * 4 + [0.0, 1.0, 0.0, 1.0]), 4, advantage_eps=0.0)
+    assert adv[:4].tolist() == [0.0] * 4 and m["zero_variance_group_frac"].item() == 0.5
+    # hand value: group [0, 1, 0, 1], mean 0.5, unbiased std sqrt(1/3); A = ±0.5 / 0.57735
+    assert adv[4:].tolist() == pytest.approx([-0.8660254, 0.8660254, -0.8660254, 0.8660254])
+    adv, m = group_advantages(torch.full((4,), 0.7), 2, baseline="leave_one_out")
+    assert adv.tolist() == [0.0] * 4
+
+
+def test_compat_masked_mean_keeps_the_reference_nan_and_the_guarded_one_gives_zero():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    empty_row = torch.tensor([[0, 0], [1, 1]])
+    ref = compat_masked_mean(x, empty_row, dim=1)
+    assert torch.isnan(ref[0]) and ref[1].item() == 3.5
+    assert torch.isnan(compat_masked_mean(x, torch.zeros(2, 2)))
+    assert compat_masked_mean(x, torch.tensor([[1, 0], [1, 1]])).item() == pytest.approx(8 / 3)
+    assert guarded_masked_mean(x, empty_row, dim=1).tolist() == [0.0, 3.5]
 
 
 def test_all_padding_rows_and_zero_variance_groups_never_nan():

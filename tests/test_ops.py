@@ -10,7 +10,7 @@ import torch
 from lit_align.ops import (
     compute_entropy,
     get_response_log_probs,
-    masked_mean,
+    guarded_masked_mean,
     masked_normalize,
     naive_response_log_probs,
     tokenize_prompt_and_output,
@@ -73,14 +73,14 @@ def test_compute_entropy_hand_values():
 def test_masked_mean_and_normalize_hand_values():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     m = torch.tensor([[1, 0], [1, 1]])
-    assert masked_mean(x, m).item() == pytest.approx(8 / 3)  # (1+3+4)/3
-    assert masked_mean(x, m, dim=1).tolist() == [1.0, 3.5]
-    assert masked_mean(x, m, dim=0).tolist() == [2.0, 4.0]
+    assert guarded_masked_mean(x, m).item() == pytest.approx(8 / 3)  # (1+3+4)/3
+    assert guarded_masked_mean(x, m, dim=1).tolist() == [1.0, 3.5]
+    assert guarded_masked_mean(x, m, dim=0).tolist() == [2.0, 4.0]
     assert masked_normalize(x, m, 2.0).item() == pytest.approx(4.0)  # 8/2
     assert masked_normalize(x, m, 2.0, dim=1).tolist() == [0.5, 3.5]
     assert masked_normalize(x, m.bool(), 2.0, dim=0).tolist() == [2.0, 2.0]
     # A row with no masked entry gives 0, never NaN.
-    empty = masked_mean(x, torch.tensor([[0, 0], [1, 1]]), dim=1)
+    empty = guarded_masked_mean(x, torch.tensor([[0, 0], [1, 1]]), dim=1)
     assert empty.tolist() == [0.0, 3.5]
 
 

@@ -73,6 +73,23 @@ def test_timeout_kills_and_replaces_the_worker_and_counts_it():
         pool.close()
 
 
+def test_grader_workers_start_with_a_scrubbed_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-for-the-test")
+    monkeypatch.setenv("HF_TOKEN", "hf-secret-for-the-test")
+    pool = GradingPool(num_workers=1)
+    try:
+        assert pool.verify_many([("x+1", "1+x")]) == [True]  # started, imports work
+        pid = pool._workers[0].proc.pid
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        names = {e.split(b"=", 1)[0].decode() for e in environ if e}
+        assert "OPENAI_API_KEY" not in names and "HF_TOKEN" not in names
+        assert b"secret-for-the-test" not in b"\0".join(environ)
+        assert "PATH" in names and "LIT_ALIGN_GRADER_MEMORY_MB" in names
+    finally:
+        pool.close()
+
+
 def test_dead_worker_is_replaced_and_counted():
     pool = GradingPool(num_workers=1)
     try:

@@ -221,4 +221,5 @@ class PolicyModule(L.LightningModule):
                 self.global_step,
                 self.log_samples,
                 "val",
+                scalars=False,  # the val/* metrics cover every validation sample
             )

@@ -16,10 +16,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.losses import Aggregation, KLEstimator, LossType, policy_loss
-from lit_align.metrics import ENGINE_MISMATCH
+from lit_align.losses import Aggregation, KLEstimator, LossType, kl_penalty, policy_loss
+from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT
 from lit_align.modules.base import PolicyModule
-from lit_align.ops import CausalLMLogProbs, masked_mean
+from lit_align.ops import CausalLMLogProbs, guarded_masked_mean
 
 __all__ = ["GRPOModule"]
 
@@ -199,15 +199,20 @@ class GRPOModule(PolicyModule):
             self.log(f"train/{name}", value, on_step=True, batch_size=size)
         self.log(
             "train/token_entropy",
-            masked_mean(out["token_entropy"].detach(), completion),
+            guarded_masked_mean(out["token_entropy"].detach(), completion),
             on_step=True,
             batch_size=size,
         )
+        # KL to the policy that sampled the round, whatever kl_coef is (verl logs it as ppo_kl):
+        # the old log-probs when stored (several steps per round), else the engine's. k3 estimate.
+        sampler = batch.get("old_log_probs", batch["rollout_log_probs"])
+        kl = kl_penalty(log_probs.detach(), sampler, "k3")
+        self.log(KL_TO_ROLLOUT, guarded_masked_mean(kl, completion), on_step=True, batch_size=size)
         if self._round_first_step:
             # Before the round's first optimizer step the policy is the rollout policy: any gap
             # between its log-probs and the engine's is engine/trainer numerical mismatch.
             diff = (log_probs.detach() - batch["rollout_log_probs"]).abs()
-            gap = masked_mean(diff, completion)
+            gap = guarded_masked_mean(diff, completion)
             self.log(ENGINE_MISMATCH, gap, on_step=True, batch_size=size)
             self._mismatch += torch.tensor(
                 [float((diff * completion).sum()), float(completion.sum())], dtype=torch.float64

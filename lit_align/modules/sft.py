@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from lit_align.losses import sft_loss
 from lit_align.modules.base import PolicyModule
-from lit_align.ops import masked_mean
+from lit_align.ops import guarded_masked_mean
 
 __all__ = ["SFTModule"]
 
@@ -54,12 +54,12 @@ class SFTModule(PolicyModule):
         )
         self.log(
             "train/nll_per_token",
-            masked_mean(-out["log_probs"].detach(), mask),
+            guarded_masked_mean(-out["log_probs"].detach(), mask),
             batch_size=batch_size,
         )
         self.log(
             "train/token_entropy",
-            masked_mean(out["token_entropy"].detach(), mask),
+            guarded_masked_mean(out["token_entropy"].detach(), mask),
             batch_size=batch_size,
         )
         self.log(

@@ -153,6 +153,19 @@ class LocalJudge:
         return list(self.generate(list(prompts)))
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend the request, ``Authorization`` header
+    included, to whatever origin the ``Location`` names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"redirect to {newurl} refused (credentials stay here)", headers, fp
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class OpenAIChatJudge:
     """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM ``serve``, llama.cpp, …).
 
@@ -163,6 +176,8 @@ class OpenAIChatJudge:
             the key is never stored in the config, logged or saved). ``None`` sends no key.
         max_concurrency: requests in flight at once.
         max_retries: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
+            Redirects are never followed (the key would go to the redirect's origin): a 3xx is
+            a failure naming the redirect target; point base_url at the final address.
         timeout_s: per-request timeout.
         backoff_s: first retry delay; doubles each retry (with jitter).
         temperature: judge sampling temperature.
@@ -226,12 +241,18 @@ class OpenAIChatJudge:
                 self.url, data=body, headers=self._headers(), method="POST"
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
                     reply = json.loads(response.read())
                 return str(reply["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as err:
                 retryable = err.code == 429 or err.code >= 500 or err.code == 408
-                log.warning("judge: HTTP %d from %s (attempt %d)", err.code, self.url, attempt + 1)
+                log.warning(
+                    "judge: HTTP %d from %s (attempt %d): %s",
+                    err.code,
+                    self.url,
+                    attempt + 1,
+                    err.msg,
+                )
                 if not retryable:
                     break
             except (

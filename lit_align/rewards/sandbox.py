@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 __all__ = ["GradingPool", "get_pool"]
 
 
+# Environment variables a grader subprocess inherits; everything else is dropped.
+_INHERITED_ENV = frozenset(
+    {"PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SYSTEMROOT"}
+)
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen
@@ -71,7 +77,9 @@ class GradingPool:
     # ------------------------------------------------------------------ workers
 
     def _spawn(self) -> _Worker:
-        env = dict(os.environ)
+        # A scrubbed environment: what Python needs to start and import, never API keys or
+        # tokens (graders parse untrusted model output).
+        env = {k: v for k, v in os.environ.items() if k in _INHERITED_ENV}
         env.update(
             LIT_ALIGN_GRADER_MEMORY_MB=str(self.memory_mb),
             PYTHONDONTWRITEBYTECODE="1",
