@@ -54,11 +54,55 @@ class LitAlignCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            self._continue_last_run(config)
+        self._warm_start(config)
+
+    def _continue_last_run(self, config: Any) -> None:
+        """``--ckpt_path last``: continue the newest run of this config, in its own directory.
+
+        Lightning alone would look for ``last.ckpt`` in a new ``version_N`` and, finding none,
+        train from scratch. Here the newest ``version_N`` with ``checkpoints/last.ckpt`` is
+        reused (logs continue in it) and its checkpoint restored; with none, the run refuses.
+        """
+        from pathlib import Path
+
+        logger = config.get("trainer", {}).get("logger")
+        init = getattr(logger, "init_args", None)
+        if init is None or init.get("save_dir") is None:
+            raise SystemExit(
+                "lit_align: --ckpt_path last needs a logger with save_dir and name "
+                "(trainer.logger) to find the run to continue; or pass a checkpoint file"
+            )
+        root = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")
+        found = sorted(
+            (int(d.name.removeprefix("version_")), d)
+            for d in root.glob("version_*")
+            if d.name.removeprefix("version_").isdigit() and (d / "checkpoints/last.ckpt").exists()
+        )
+        if not found:
+            raise SystemExit(
+                f"lit_align: --ckpt_path last: no run to continue: no {root}/version_*/checkpoints/"
+                "last.ckpt. Start a new run without --ckpt_path, or keep ModelCheckpoint("
+                "save_last: true) in trainer.callbacks (lit_align's configs do)."
+            )
+        version, run = found[-1]
+        init["version"] = version
+        config["ckpt_path"] = str((run / "checkpoints" / "last.ckpt").resolve())
+        self.save_config_kwargs["overwrite"] = True  # the same run's config.yaml, now resumed
+        print(f"lit_align: continuing {run} from {config['ckpt_path']}")
+
+    def _warm_start(self, config: Any) -> None:
         warm = config.get("warm_start")
         if not warm or not warm.get("config") or not warm.get("output"):
             return
         from pathlib import Path
 
+        from jsonargparse.typing import Path_fr
+
+        # Saved absolute, so the run's config.yaml reruns from any working directory (the path
+        # was relative to the config file that named it).
+        warm["config"] = Path_fr(warm["config"].absolute)
         if Path(warm["output"]).exists():
             return
         warm_config = warm["config"].absolute

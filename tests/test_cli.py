@@ -164,6 +164,13 @@ def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
     acc = scalars["val/accuracy"]
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
     assert abs(acc[-1] - 0.633) <= 0.05, acc  # the README's figure (2 CPU cores, AVX2)
+    assert (run / "checkpoints" / "last.ckpt").exists()  # --ckpt_path last can continue it
+    elsewhere = tmp_path / "elsewhere"  # the saved config reruns from any working directory
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(run / "config.yaml"), "--print_config"])
+    assert done.value.code in (None, 0)
     for tag in (
         "train/loss",
         "train/grad_norm",
@@ -193,3 +200,33 @@ def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
     ):
         assert tag in scalars, tag
     assert (run / "hf_model" / "config.json").exists()
+
+
+def test_ckpt_path_last_continues_the_newest_run_in_its_own_directory(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    base = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo/sft.yaml"),
+        "--data.init_args.synthetic_size",
+        "128",
+        "--data.init_args.val_limit",
+        "8",
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    with pytest.raises(SystemExit, match="no run to continue"):
+        main([*base, "--ckpt_path", "last"])
+    assert not (tmp_path / "runs").exists()  # a refused start leaves nothing behind
+    main([*base, "--trainer.max_epochs", "1"])
+    main([*base, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    (run,) = (tmp_path / "runs" / "demo_sft").glob("version_*")  # no new version_1
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8 and last["epoch"] == 1  # 4 steps per epoch, 2 epochs
+    assert (
+        "ckpt_path: " + str(run / "checkpoints" / "last.ckpt") in (run / "config.yaml").read_text()
+    )

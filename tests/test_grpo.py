@@ -291,3 +291,79 @@ def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path
     assert lengths[-1] == pytest.approx(dm.round.metrics["rollout/response_length_mean"])
     assert "rollout/sample_1/text_summary" in acc.Tags()["tensors"]
     assert "train/kl_to_rollout" in acc.Tags()["scalars"]
+
+
+def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def data():
+        return _dm(train_batch_size=8, micro_batch_size=2, epochs_per_rollout_batch=2)
+
+    full_record, full = Record(), _module(loss_type="grpo_clip", cliprange=0.2)
+    full_dm = data()
+    _trainer([full_record], max_epochs=4).fit(full, full_dm)
+
+    # A checkpoint after every round (whether or not it validates), then the run is "killed".
+    every_round = ModelCheckpoint(
+        dirpath=tmp_path, save_last=True, every_n_epochs=1, save_on_train_epoch_end=True
+    )
+    first = _trainer([every_round], max_epochs=2, enable_checkpointing=True)
+    first.fit(_module(loss_type="grpo_clip", cliprange=0.2), data())
+    assert (tmp_path / "last.ckpt").exists()
+
+    record, resumed = Record(), _module(loss_type="grpo_clip", cliprange=0.2)
+    resumed_dm = data()
+    generated = []
+    original = resumed_dm.generate_round
+    resumed_dm.generate_round = lambda *a: generated.append(a[1]) or original(*a)
+    trainer = _trainer([record], max_epochs=4)
+    trainer.fit(resumed, resumed_dm, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 4 * resumed_dm.steps_per_round
+    assert generated == [2, 3]  # rounds 3 and 4, each generated once
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    tail = full_record.steps[-len(record.steps) :]
+    assert len(record.steps) == len(full_record.steps) // 2
+    # Every training metric logged after the restart equals the uninterrupted run's, bit for bit
+    # (tokens/s is wall time; the record holds the last value of each tag, so the first resumed
+    # step has no grad norm yet: it comes after the step).
+    for got, want in zip(record.steps, tail, strict=True):
+        keys = set(got) - {"train/tokens_per_s"}
+        assert len(keys) >= 10 and {k: got[k] for k in keys} == {k: want[k] for k in keys}
+
+    def untimed(metrics):
+        return {k: v for k, v in metrics.items() if not k.startswith("time/") and "_per_s" not in k}
+
+    assert untimed(resumed_dm.round.metrics) == untimed(full_dm.round.metrics)
+
+
+class Constant(RewardEvaluator):
+    """Every completion scores 0.7: no group ever has a learning signal."""
+
+    component_names = ("constant",)
+    total_weights = (1.0,)
+
+    def score(self, prompts, completions, answers):
+        return torch.full((len(completions), 1), 0.7)
+
+
+def test_rounds_without_learning_signal_warn_then_optionally_stop():
+    with pytest.warns(UserWarning, match="no learning signal: in 3 rounds in a row"):
+        _trainer(max_epochs=4).fit(_module(), _dm(evaluator=Constant()))
+    trainer = _trainer(max_epochs=10)
+    with pytest.warns(UserWarning, match="no learning signal"):
+        trainer.fit(_module(), _dm(evaluator=Constant(), stop_on_zero_signal=True))
+    assert trainer.current_epoch == 3  # stopped after the third flat round
+
+
+def test_a_mid_round_checkpoint_is_refused_with_the_fix(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def data():
+        return _dm(train_batch_size=8, micro_batch_size=2)  # 2 optimizer steps per round
+
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    _trainer([every_step], max_epochs=1, enable_checkpointing=True).fit(_module(), data())
+    (mid,) = tmp_path.glob("*step=1.ckpt")
+    with pytest.raises(RuntimeError, match="middle of a round.*save_on_train_epoch_end"):
+        _trainer(max_epochs=2).fit(_module(), data(), ckpt_path=str(mid))

@@ -143,3 +143,95 @@ def test_sft_datamodule_errors_name_the_fix(tmp_path):
         _trainer(max_steps=1).fit(module, dm)
     with pytest.raises(ValueError, match="accepted values: token_mean, sum_norm"):
         SFTModule("tiny", loss_aggregation="mean")
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_identical(tmp_path):
+    # 16 examples, micro 2 × accumulate 2: 4 optimizer steps per epoch; killed after step 3 of
+    # epoch 1 (step 7 of 8).
+    kw = dict(size=16, micro=2, accumulate=2)
+    full = _fit(max_epochs=2, **kw)
+
+    def fresh():
+        module = SFTModule(
+            "tiny",
+            dtype="float32",
+            optimizer=_sgd,
+            loss_aggregation="token_mean",
+            normalize_constant=4.0,
+        )
+        dm = SFTDataModule(
+            "synthetic:addition", template="demo", synthetic_size=16, micro_batch_size=2
+        )
+        return module, dm
+
+    module, dm = fresh()
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    _trainer(
+        accumulate_grad_batches=2, max_steps=7, enable_checkpointing=True, callbacks=[every_step]
+    ).fit(module, dm)
+    (mid,) = tmp_path.glob("epoch=1-step=7.ckpt")
+
+    resumed, dm = fresh()
+    trainer = _trainer(accumulate_grad_batches=2, max_epochs=2)
+    trainer.fit(resumed, dm, ckpt_path=str(mid))
+    assert trainer.global_step == 8
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_each_epoch_sees_every_example_once_in_a_new_order():
+    class Batches(L.Callback):
+        def __init__(self):
+            self.epochs: dict[int, list[tuple]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rows = [tuple(r.tolist()) for r in batch["input_ids"]]
+            self.epochs.setdefault(trainer.current_epoch, []).extend(rows)
+
+    seen = Batches()
+    module = SFTModule("tiny", dtype="float32", optimizer=_sgd)
+    dm = SFTDataModule("synthetic:addition", template="demo", synthetic_size=16, micro_batch_size=1)
+    _trainer(max_epochs=2, callbacks=[seen]).fit(module, dm)
+    first, second = seen.epochs[0], seen.epochs[1]
+    assert len(first) == len(second) == 16 and sorted(first) == sorted(second)
+    assert first != second  # reshuffled (epoch 0's order was replayed before)
+
+
+def test_sft_targets_end_with_the_end_of_turn_token_counted_in_the_loss():
+    from lit_align.data.templates import end_of_response
+    from lit_align.models import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer("tiny", dtype="float32")
+    assert end_of_response("demo", tokenizer) == "<|endoftext|>"  # the tokenizer's EOS
+    assert end_of_response("gsm8k_chat", tokenizer) == "<|im_end|>"  # the chat turn's end
+
+    module = SFTModule("tiny", dtype="float32")
+    dm = SFTDataModule("synthetic:addition", template="demo", synthetic_size=8, micro_batch_size=8)
+    trainer = _trainer(max_steps=1)
+    dm.trainer = trainer
+    trainer.strategy.connect(module)
+    prompts, responses, _ = dm._training_pairs()
+    assert all(r.endswith("<|endoftext|>") and r.count("<|endoftext|>") == 1 for r in responses)
+    batch = dm._collate([(p, r, 1.0) for p, r in zip(prompts, responses, strict=True)])
+    eos = tokenizer.eos_token_id
+    for labels, mask in zip(batch["labels"], batch["response_mask"], strict=True):
+        last = int(mask.nonzero().max())
+        assert labels[last].item() == eos  # the final target is EOS, and it is in the loss
+    off = SFTDataModule("synthetic:addition", template="demo", synthetic_size=8, end_with_eos=False)
+    off.trainer = trainer
+    assert not any(r.endswith("<|endoftext|>") for r in off._training_pairs()[1])
+
+
+def test_real_qwen_tokenizer_ends_chat_responses_with_im_end():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "qwen3"
+    if not path.exists():
+        pytest.skip("../shared/tokenizers/qwen3 is not beside this clone")
+    from transformers import AutoTokenizer
+
+    from lit_align.data.templates import end_of_response
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    assert end_of_response("gsm8k_chat", tokenizer) == "<|im_end|>"
+    assert end_of_response("r1_zero", tokenizer) == tokenizer.eos_token

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_align.advantages import BaselineType
@@ -162,6 +163,10 @@ class RolloutDataModule(TaskDataModule):
         mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss (DAPO's
             overlong filtering); they still count in their group's advantages.
         synthetic_size: prompts of a synthetic task.
+        zero_signal_rounds: warn when this many rounds in a row have (nearly) every group's
+            rewards equal (``rollout/zero_variance_group_frac`` ≥ 0.99): every advantage and so
+            every gradient is zero. None: never.
+        stop_on_zero_signal: also stop training then (the last checkpoint stays resumable).
         **kwargs: validation, template, evaluator, engine… (see
             :class:`~lit_align.data.base.TaskDataModule`).
     """
@@ -182,6 +187,8 @@ class RolloutDataModule(TaskDataModule):
         drop_zero_variance_groups: bool = False,
         mask_truncated: bool = False,
         synthetic_size: int = 1024,
+        zero_signal_rounds: int | None = 3,
+        stop_on_zero_signal: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -196,6 +203,10 @@ class RolloutDataModule(TaskDataModule):
             advantage_eps, normalize_by_std, baseline, drop_zero_variance_groups, mask_truncated
         )
         self.synthetic_size = synthetic_size
+        self.zero_signal_rounds = zero_signal_rounds
+        self.stop_on_zero_signal = stop_on_zero_signal
+        self._flat_rounds = 0  # consecutive rounds without a learning signal
+        self._round_key: tuple[int, int] | None = None  # (round, step) of self.buffer
         self._prompts: list[Example] | None = None
         self.buffer: RolloutBuffer | None = None
         self.round: Round | None = None  # the latest round (callbacks read its records, metrics)
@@ -307,19 +318,19 @@ class RolloutDataModule(TaskDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        engine = self.synced_engine(trainer.global_step)
-        self.buffer = self.generate_round(
-            engine, trainer.current_epoch, trainer.global_rank, trainer.world_size
-        )
-        if trainer.logger is not None and self.round is not None:  # whatever module trains on it
-            trainer.logger.log_metrics(self.round.metrics, step=trainer.global_step)
+        # Lightning's epoch for samplers: right even while it restores an end-of-epoch
+        # checkpoint, where current_epoch still names the finished epoch.
+        round_index = trainer.fit_loop.epoch_progress.current.processed
+        if (round_index, trainer.global_step) != self._round_key:  # a reload may ask twice
+            self._new_round(trainer, round_index)
+        W = trainer.world_size
         W = trainer.world_size
         sampler = _StepBatchSampler(
             self.buffer,
             self.train_batch_size // W,
             self.micro_batch_size,
             self.epochs_per_rollout_batch,
-            self.seed * 31 + trainer.current_epoch,
+            self.seed * 31 + round_index,
         )
         counts = sampler.step_counts
         if W > 1:  # kept sequences/tokens per step over all ranks (filters keep different amounts)
@@ -330,3 +341,49 @@ class RolloutDataModule(TaskDataModule):
         return DataLoader(
             self.buffer, batch_sampler=sampler, collate_fn=self.buffer.collate, num_workers=0
         )
+
+    def _new_round(self, trainer: Any, round_index: int) -> None:
+        start = round_index * self.steps_per_round
+        if trainer.global_step != start:
+            raise RuntimeError(
+                f"RolloutDataModule: round {round_index} starts at optimizer step {start}, but "
+                f"the trainer is at step {trainer.global_step}: a checkpoint saved in the middle "
+                "of a round cannot be resumed exactly (the round's samples came from weights that "
+                "no longer exist). Resume from a round's end: ModelCheckpoint(every_n_epochs: N, "
+                "save_on_train_epoch_end: true), not every_n_train_steps."
+            )
+        engine = self.synced_engine(trainer.global_step)
+        self.buffer = self.generate_round(
+            engine, round_index, trainer.global_rank, trainer.world_size
+        )
+        self._round_key = (round_index, trainer.global_step)
+        if trainer.logger is not None and self.round is not None:  # whatever module trains on it
+            trainer.logger.log_metrics(self.round.metrics, step=trainer.global_step)
+        self._watch_signal(trainer)
+
+    # ------------------------------------------------------------------ no learning signal
+
+    def _watch_signal(self, trainer: Any) -> None:
+        flat = self.round is not None and (
+            self.round.metrics["rollout/zero_variance_group_frac"] >= 0.99
+        )
+        self._flat_rounds = self._flat_rounds + 1 if flat else 0
+        if self.zero_signal_rounds is None or self._flat_rounds != self.zero_signal_rounds:
+            return
+        message = (
+            f"no learning signal: in {self._flat_rounds} rounds in a row (nearly) every group of "
+            f"{self.group_size} samples scored the same reward (rollout/zero_variance_group_frac "
+            "≥ 0.99), so every advantage and gradient is zero. Usual fixes: start from an SFT "
+            "warm start that already writes the answer format, give partial credit for the "
+            "format (reward shaping), raise group_size or sampling.temperature."
+        )
+        rank_zero_warn(message)
+        if self.stop_on_zero_signal:
+            log.error("stopping (stop_on_zero_signal): %s", message)
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flat_rounds": self._flat_rounds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._flat_rounds = int(state.get("flat_rounds", 0))

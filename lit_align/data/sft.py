@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_align.data.base import TaskDataModule
 from lit_align.data.sources import filter_correct, reference_to_sft
+from lit_align.data.templates import end_of_response
 from lit_align.ops import tokenize_prompt_and_output
 
 __all__ = ["SFTDataModule", "WindowBatchSampler"]
@@ -49,9 +50,15 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, micro-batches already trained)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """The next pass is over ``epoch`` and starts after its first ``batches`` micro-batches
+        (where a checkpoint was taken); later passes are whole."""
+        self._resume = (epoch, batches)
 
     def _windows(self) -> Iterator[list[int]]:
         order = list(range(len(self.token_counts)))
@@ -64,6 +71,14 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
                 yield window
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
+        skip = 0
+        if self._resume is not None:
+            (self.epoch, skip), self._resume = self._resume, None
+        for k, batch in enumerate(self._batches()):
+            if k >= skip:
+                yield batch
+
+    def _batches(self) -> Iterator[list[tuple[int, float]]]:
         for window in self._windows():
             tokens = sum(self.token_counts[i] for i in window)
             normalizer = max(tokens, 1) / (self.accumulate * self.world_size)
@@ -76,6 +91,44 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         return sum(
             -(-(len(w) // self.world_size) // self.micro_batch_size) for w in self._windows()
         )
+
+
+class _ResumableLoader(DataLoader):
+    """The training DataLoader: it owns the epoch of its batch sampler and its place in it.
+
+    Each pass starts with the trainer's epoch (Lightning calls ``set_epoch`` on a loader's
+    ``sampler`` only, never on a ``batch_sampler``, so without this every epoch would replay
+    epoch 0's order). Lightning checkpoints ``state_dict`` and restores ``load_state_dict``, so a
+    run resumed from a mid-epoch checkpoint continues with the next micro-batch instead of
+    starting the epoch again.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        epoch: Callable[[], int],
+        position: Callable[[], tuple[int, int]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = epoch  # () -> the epoch a pass now starting belongs to
+        self._position = position  # () -> (epoch, micro-batches trained in it) at a checkpoint
+
+    def __iter__(self) -> Any:
+        self.batch_sampler.set_epoch(self._epoch())
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Restored before Lightning has advanced its epoch counter past a finished epoch, so the
+        # epoch to continue is decided here: the saved one, or the next when it was complete.
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self.batch_sampler):
+            epoch, batches = epoch + 1, 0
+        self.batch_sampler.resume_at(epoch, batches)
 
 
 class _PairDataset(Dataset):
@@ -103,6 +156,9 @@ class SFTDataModule(TaskDataModule):
         batch_size: examples per optimizer step over all ranks; the trainer's
             ``accumulate_grad_batches`` is derived from it (batch_size / (micro_batch_size ×
             ranks)). None: one micro-batch per rank, unless accumulate_grad_batches is set.
+        end_with_eos: end every training response with the end-of-turn token of the template
+            (``<|im_end|>`` for chat templates, the tokenizer's EOS otherwise), counted in the
+            loss, so the fine-tuned model stops by itself instead of running to max_new_tokens.
         max_length: drop training pairs longer than this many tokens (None: keep all).
         synthetic_size: examples of a synthetic training task.
         **kwargs: validation, template, evaluator, engine… (see
@@ -117,6 +173,7 @@ class SFTDataModule(TaskDataModule):
         correct_only: bool = False,
         micro_batch_size: int = 4,
         batch_size: int | None = None,
+        end_with_eos: bool = True,
         max_length: int | None = None,
         synthetic_size: int = 1024,
         **kwargs: Any,
@@ -136,6 +193,7 @@ class SFTDataModule(TaskDataModule):
         self.correct_only = correct_only
         self.micro_batch_size = micro_batch_size
         self.batch_size = batch_size
+        self.end_with_eos = end_with_eos
         self.max_length = max_length
         self.synthetic_size = synthetic_size
         self._train: tuple[list[str], list[str], list[int]] | None = None
@@ -170,6 +228,9 @@ class SFTDataModule(TaskDataModule):
             self.stats["correct_only_dropped"] = before - len(examples)
         prompts = [self.prompt_text(e) for e in examples]
         responses = [e.response or "" for e in examples]
+        if self.end_with_eos:
+            end = end_of_response(self.template, self.tokenizer)
+            responses = [r if r.endswith(end) else r + end for r in responses]
         counts = [len(self.prompt_ids(r)) for r in responses]
         if self.max_length is not None:
             keep = [
@@ -206,11 +267,24 @@ class SFTDataModule(TaskDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        if trainer is not None:
-            sampler.set_epoch(trainer.current_epoch)
-        return DataLoader(
+        return _ResumableLoader(
             _PairDataset(prompts, responses),
             batch_sampler=sampler,
             collate_fn=self._collate,
             num_workers=self.num_workers,
+            epoch=self._next_epoch,
+            position=self._position,
         )
+
+    def _next_epoch(self) -> int:
+        # Lightning's own epoch for samplers: right at the start of every epoch, including the
+        # first pass after restoring an end-of-epoch checkpoint (current_epoch lags there).
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_progress.current.processed
+
+    def _position(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        # processed counts the micro-batch whose on_train_batch_end is saving the checkpoint
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -85,6 +85,31 @@ def format_prompt(template: TemplateName, question: str, tokenizer: Any = None) 
     return _TEMPLATES[template](question, tokenizer)
 
 
+CHAT_TEMPLATES = frozenset({"gsm8k_chat"})  # formatted by the tokenizer's chat template
+
+
+def end_of_response(template: TemplateName, tokenizer: Any) -> str:
+    """The token that ends a response under ``template``: the chat template's end-of-turn token
+    after an assistant message (``<|im_end|>`` for Qwen and SmolLM2), else the tokenizer's EOS.
+
+    SFT targets end with it (and it is counted in the loss), so the model learns to stop.
+    """
+    if template in CHAT_TEMPLATES and getattr(tokenizer, "chat_template", None):
+        marker = "\u2063END\u2063"  # text no template produces by itself
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+            tokenize=False,
+        )
+        after = text.split(marker, 1)[1]
+        added = {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}
+        ends = [token for token in added if token and after.startswith(token)]
+        if ends:
+            return max(ends, key=len)
+    if not tokenizer.eos_token:
+        raise ValueError("the tokenizer has no EOS token to end SFT responses with")
+    return tokenizer.eos_token
+
+
 def stop_strings_for(template: TemplateName) -> list[str]:
     """Default stop strings of a template (``</answer>`` for the r1-style ones)."""
     return list(_STOPS.get(template, []))
