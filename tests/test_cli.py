@@ -230,3 +230,42 @@ def test_ckpt_path_last_continues_the_newest_run_in_its_own_directory(tmp_path, 
     assert (
         "ckpt_path: " + str(run / "checkpoints" / "last.ckpt") in (run / "config.yaml").read_text()
     )
+
+
+def test_a_failed_start_prints_cause_and_fix_and_leaves_no_run_directory(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIT_ALIGN_DEBUG", raising=False)
+    args = ["fit", "--config", str(ROOT / "configs/demo/sft.yaml")]
+    code = main([*args, "--data.init_args.train_source", "missing.jsonl"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "lit_align: error: data source 'missing.jsonl' is not a file" in err
+    assert "Traceback" not in err and "LIT_ALIGN_DEBUG=1" in err
+    assert not any((tmp_path / "runs").rglob("version_*"))  # nothing half-made to clean up
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code = main(["eval", "--model", "tiny", "--data", str(empty), "--template", "demo"])
+    assert code == 1 and "no usable rows" in capsys.readouterr().err
+    monkeypatch.setenv("LIT_ALIGN_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main([*args, "--data.init_args.train_source", "missing.jsonl"])
+
+
+def test_eval_records_what_it_evaluated_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "--model", "tiny", "--data", "synthetic:addition", "--template", "demo"]
+    args += ["--limit", "4", "--max_new_tokens", "4", "--seed", "3", "--output_dir", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / "eval.json").read_text())
+    assert record["model"] == "tiny" and record["data"] == "synthetic:addition"
+    assert record["limit"] == 4 and record["seed"] == 3 and record["template"] == "demo"
+    assert record["sampling"]["max_new_tokens"] == 4 and record["engine"]["backend"] == "hf"
+    assert {"lit-align", "torch", "transformers"} <= set(record["versions"])
+    before = (out / "metrics.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before  # untouched
+    assert main([*args, "--overwrite", "true"]) == 0

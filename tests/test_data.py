@@ -79,12 +79,44 @@ def test_local_layouts(tmp_path):
         ([{"problem": "P", "answer": ""}], r"g\.jsonl:1: field 'answer' is empty"),
         ([{"foo": 1}], r"g\.jsonl:1: cannot tell the layout"),
         ([[1, 2]], r"g\.jsonl:1: expected a JSON object"),
+        (
+            [{"question": 12, "answer": "#### 1"}],
+            r"g\.jsonl:1: field 'question' must be a string, got number",
+        ),
+        (
+            [{"problem": "P", "answer": ["1", "2"]}],
+            r"g\.jsonl:1: field 'answer' must be a string or a number, got array",
+        ),
+        (
+            [{"prompt": "P", "response": {"a": 1}}],
+            r"g\.jsonl:1: field 'response' must be a string, got object",
+        ),
     ],
 )
 def test_malformed_rows_name_file_line_and_field(tmp_path, rows, message):
     path = _write(tmp_path / "g.jsonl", rows)
     with pytest.raises(DataError, match=message):
         load_examples(path)
+
+
+def test_numbers_are_answers_but_bad_bytes_and_empty_files_are_errors(tmp_path):
+    (ex,) = load_examples(_write(tmp_path / "m.jsonl", [{"problem": "P", "answer": 42}]))
+    assert ex.answer == "42"
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(
+        b'{"question": "Q", "answer": "#### 1"}\n{"question": "caf\xe9", "answer": "#### 2"}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"latin1\.jsonl:2: not UTF-8 \(byte 0xe9 at column 18\); re-save"
+    ):
+        load_examples(str(bad))
+    assert len(load_examples(str(bad), on_error="skip")) == 1
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no usable rows"):
+        load_examples(str(empty))
+    with pytest.raises(DataError, match="no usable rows"):
+        load_examples(_write(tmp_path / "junk.jsonl", [{"foo": 1}]), on_error="skip")
 
 
 def test_skip_mode_counts_and_logs(tmp_path, caplog):

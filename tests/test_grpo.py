@@ -365,5 +365,5 @@ def test_a_mid_round_checkpoint_is_refused_with_the_fix(tmp_path):
     every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     _trainer([every_step], max_epochs=1, enable_checkpointing=True).fit(_module(), data())
     (mid,) = tmp_path.glob("*step=1.ckpt")
-    with pytest.raises(RuntimeError, match="middle of a round.*save_on_train_epoch_end"):
+    with pytest.raises(RuntimeError, match=r"middle of a round.*save_on_train_epoch_end"):
         _trainer(max_epochs=2).fit(_module(), data(), ckpt_path=str(mid))

@@ -111,6 +111,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self._engine: Any = None
         self._val: PromptDataset | None = None
+        self._loaded: dict[tuple, list[Example]] = {}
 
     # ------------------------------------------------------------------ wiring
 
@@ -156,16 +157,40 @@ class TaskDataModule(L.LightningDataModule):
     def load(
         self, source: str, split: str, limit: int | None, seed: int, size: int = 1024
     ) -> list[Example]:
-        return load_examples(
-            source,
-            split=split,
-            layout=self.layout,
-            limit=limit,
-            seed=seed,
-            on_error=self.on_error,
-            hf_config=self.hf_config,
-            size=size,
-        )
+        """Examples of a source, loaded once (the preflight and ``setup`` share them)."""
+        key = (source, split, limit, seed, size)
+        if key not in self._loaded:
+            self._loaded[key] = load_examples(
+                source,
+                split=split,
+                layout=self.layout,
+                limit=limit,
+                seed=seed,
+                on_error=self.on_error,
+                hf_config=self.hf_config,
+                size=size,
+            )
+        return self._loaded[key]
+
+    def data_sources(self) -> list[tuple[str, str, int | None, int, int]]:
+        """(source, split, limit, seed, size) of every dataset ``setup`` loads."""
+        if not self.val_source:
+            return []
+        # Another seed, so synthetic validation problems are drawn independently of training.
+        return [
+            (self.val_source, self.val_split, self.val_limit, self.seed + 1, self.val_limit or 64)
+        ]
+
+    def check_trainer(self, trainer: Any) -> None:
+        """Raise ValueError, with the fix, for trainer settings this DataModule cannot run with."""
+        self.check_sharding(trainer)
+
+    def preflight(self, trainer: Any) -> None:
+        """Check the trainer's settings and load the data before anything is written (the CLI
+        calls it before a run directory exists), so bad input fails first and leaves nothing."""
+        self.check_trainer(trainer)
+        for args in self.data_sources():
+            self.load(*args)
 
     def prompt_text(self, example: Example) -> str:
         if example.prompt is not None:
@@ -175,9 +200,8 @@ class TaskDataModule(L.LightningDataModule):
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def check_sharding(self) -> None:
+    def check_sharding(self, trainer: Any) -> None:
         """lit_align shards data itself (by window or by rollout round); Lightning must not."""
-        trainer = self.trainer
         if (
             trainer is not None
             and trainer.world_size > 1
@@ -187,13 +211,14 @@ class TaskDataModule(L.LightningDataModule):
                 f"{type(self).__name__} shards the data across ranks itself; set trainer.use_distributed_sampler: false"
             )
 
-    def derive_accumulation(self, batch_size: int, micro_batch_size: int, field: str) -> int:
+    def derive_accumulation(
+        self, trainer: Any, batch_size: int, micro_batch_size: int, field: str
+    ) -> int:
         """Set ``trainer.accumulate_grad_batches`` to ``batch_size / (micro_batch_size × ranks)``.
 
         The batch sizes are the one source of truth; a value set by hand that disagrees stops
         the run with the fix (1, Lightning's default, is taken as unset).
         """
-        trainer = self.trainer
         ranks = trainer.world_size
         if batch_size % (micro_batch_size * ranks):
             raise ValueError(
@@ -216,10 +241,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def setup_validation(self) -> None:
         if self._val is None and self.val_source:
-            # Another seed, so synthetic validation problems are drawn independently of training.
-            examples = self.load(
-                self.val_source, self.val_split, self.val_limit, self.seed + 1, self.val_limit or 64
-            )
+            examples = self.load(*self.data_sources()[0])
             prompts = [self.prompt_text(e) for e in examples]
             self._val = PromptDataset(
                 prompts, [self.prompt_ids(p) for p in prompts], [e.answer for e in examples]

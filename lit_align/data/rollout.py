@@ -259,23 +259,29 @@ class RolloutDataModule(TaskDataModule):
                 f"train_batch_size ({T}) must be divisible by micro_batch_size × ranks ({M} × {W})"
             )
 
+    def check_trainer(self, trainer: Any) -> None:
+        self._check_sizes(trainer.world_size)
+        self.derive_accumulation(
+            trainer, self.train_batch_size, self.micro_batch_size, "train_batch_size"
+        )
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                "RolloutDataModule: one epoch is one rollout round, so set "
+                "trainer.reload_dataloaders_every_n_epochs: 1 "
+                f"(it is {trainer.reload_dataloaders_every_n_epochs})"
+            )
+        self.check_sharding(trainer)
+
+    def data_sources(self) -> list[tuple[str, str, int | None, int, int]]:
+        train = (self.train_source, self.split, self.limit, self.seed, self.synthetic_size)
+        return [*super().data_sources(), train]
+
     def setup(self, stage: str) -> None:
         trainer = self.trainer
         if stage == "fit" and trainer is not None:
-            self._check_sizes(trainer.world_size)
-            self.derive_accumulation(
-                self.train_batch_size, self.micro_batch_size, "train_batch_size"
-            )
-            if trainer.reload_dataloaders_every_n_epochs != 1:
-                raise ValueError(
-                    "RolloutDataModule: one epoch is one rollout round, so set "
-                    f"trainer.reload_dataloaders_every_n_epochs: 1 (it is {trainer.reload_dataloaders_every_n_epochs})"
-                )
-            self.check_sharding()
+            self.check_trainer(trainer)
         if stage == "fit" and self._prompts is None:
-            self._prompts = self.load(
-                self.train_source, self.split, self.limit, self.seed, self.synthetic_size
-            )
+            self._prompts = self.load(*self.data_sources()[-1])
             if not self._prompts:
                 raise ValueError(f"no training prompts in {self.train_source!r}")
         if stage in ("fit", "validate"):

@@ -199,20 +199,25 @@ class SFTDataModule(TaskDataModule):
         self._train: tuple[list[str], list[str], list[int]] | None = None
         self.stats: dict[str, int] = {}
 
+    def check_trainer(self, trainer: Any) -> None:
+        self.check_sharding(trainer)
+        if self.batch_size is not None:
+            self.derive_accumulation(trainer, self.batch_size, self.micro_batch_size, "batch_size")
+
+    def data_sources(self) -> list[tuple[str, str, int | None, int, int]]:
+        train = (self.train_source, self.split, self.limit, self.seed, self.synthetic_size)
+        return [*super().data_sources(), train]
+
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.check_sharding()
-            if self.batch_size is not None and self.trainer is not None:
-                self.derive_accumulation(self.batch_size, self.micro_batch_size, "batch_size")
+        if stage == "fit" and self.trainer is not None:
+            self.check_trainer(self.trainer)
         if stage == "fit" and self._train is None:
             self._train = self._training_pairs()
         if stage in ("fit", "validate"):
             self.setup_validation()
 
     def _training_pairs(self) -> tuple[list[str], list[str], list[int]]:
-        examples = self.load(
-            self.train_source, self.split, self.limit, self.seed, self.synthetic_size
-        )
+        examples = self.load(*self.data_sources()[-1])
         if self.responses == "reference":
             style = "xml" if self.template == "gsm8k_chat" else "r1_zero"
             examples = [reference_to_sft(e, style) for e in examples]

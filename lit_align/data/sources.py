@@ -67,15 +67,38 @@ class Example:
 # ----------------------------------------------------------------------------- row parsers
 
 
-def _need(row: dict, key: str, where: str, layout: str) -> Any:
+def _need(row: dict, key: str, where: str, layout: str) -> str:
+    """A required text field: present, a string, not blank."""
     value = row.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is not None and not isinstance(value, str):
+        raise DataError(
+            f"{where}: field {key!r} must be a string, got {_json_type(value)} {value!r:.60}; "
+            "quote it in the file, or set on_error: skip to drop such rows"
+        )
+    if value is None or not value.strip():
         state = "missing" if key not in row else "empty"
         raise DataError(
             f"{where}: field {key!r} is {state} ({layout} rows need it); fix the row, or set "
             "on_error: skip to drop such rows"
         )
     return value
+
+
+def _answer_text(value: Any, key: str, where: str) -> str | None:
+    """An answer field as text: strings as they are, numbers written out; anything else fails."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(
+        f"{where}: field {key!r} must be a string or a number, got {_json_type(value)} "
+        f"{value!r:.60}; write one final answer per row, or set on_error: skip"
+    )
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _gsm8k_row(row: dict, where: str) -> Example:
@@ -92,8 +115,8 @@ def _gsm8k_row(row: dict, where: str) -> Example:
 
 def _math_row(row: dict, where: str) -> Example:
     problem = _need(row, "problem", where, "MATH")
-    solution = row.get("solution") or ""
-    answer = row.get("answer")
+    solution = _answer_text(row.get("solution"), "solution", where) or ""
+    answer = _answer_text(row.get("answer"), "answer", where)
     if answer is None:
         answer = last_boxed(solution) if solution else None
         if answer is None:
@@ -113,7 +136,8 @@ def _math_row(row: dict, where: str) -> Example:
 def _sft_row(row: dict, where: str) -> Example:
     prompt = _need(row, "prompt", where, "SFT")
     response = _need(row, "response", where, "SFT")
-    truth = row.get("ground_truth", row.get("answer", ""))
+    key = "ground_truth" if "ground_truth" in row else "answer"
+    truth = _answer_text(row.get(key, ""), key, where)
     return Example(
         question=prompt, prompt=prompt, response=response, answer=truth if truth is not None else ""
     )
@@ -165,11 +189,22 @@ def _parse_rows(
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield (
+                    where,
+                    DataError(
+                        f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                        "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or set on_error: skip"
+                    ),
+                )
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as err:
@@ -296,6 +331,11 @@ def load_examples(
                 )
             rows = _jsonl_rows(path)
         examples = _parse_rows(rows, layout, on_error, source)
+        if not examples:
+            raise DataError(
+                f"{source}: no usable rows (the file is empty, or every row was malformed and "
+                "skipped); check the path and the file's contents"
+            )
     return subset(examples, limit, seed)
 
 
