@@ -367,3 +367,60 @@ def test_a_mid_round_checkpoint_is_refused_with_the_fix(tmp_path):
     (mid,) = tmp_path.glob("*step=1.ckpt")
     with pytest.raises(RuntimeError, match=r"middle of a round.*save_on_train_epoch_end"):
         _trainer(max_epochs=2).fit(_module(), data(), ckpt_path=str(mid))
+
+
+class TermOnRound(DistinctCharacters):
+    """Grades like DistinctCharacters; sends SIGTERM to this process while grading round k."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def score(self, prompts, completions, answers):
+        import os
+        import signal
+
+        if self.calls == self.k:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler only sets a flag
+        self.calls += 1
+        return super().score(prompts, completions, answers)
+
+
+def test_sigterm_in_a_round_saves_a_resumable_checkpoint_and_stops(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    full = _module()
+    _trainer(max_epochs=3).fit(full, _dm())
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_epochs=10)
+    trainer = _trainer([checkpoints], max_epochs=3, enable_checkpointing=True)
+    with (
+        pytest.warns(UserWarning, match=r"SIGTERM: stopped before round 2.*--ckpt_path last"),
+        pytest.raises(SIGTERMException),
+    ):
+        trainer.fit(_module(), _dm(evaluator=TermOnRound(2)))
+    assert trainer.global_step == 2  # round 2 never trained
+
+    resumed = _module()
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(resumed, _dm(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 3
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_the_hf_engine_stops_generating_when_interrupted():
+    import time
+
+    from lit_align.rollout import GenerationInterrupted
+
+    module = _module()
+    engine = HFEngine.from_policy(module.model, module.tokenizer)
+    sampling = SamplingConfig(n=4, max_new_tokens=400, min_new_tokens=400)
+    steps = []
+    engine.interrupt = lambda: steps.append(1) or len(steps) > 3
+    start = time.perf_counter()
+    with pytest.raises(GenerationInterrupted):
+        engine.generate([[1, 2, 3]] * 8, sampling)
+    assert len(steps) <= 6 and time.perf_counter() - start < 5  # a few steps, not 400

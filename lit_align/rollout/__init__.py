@@ -3,6 +3,7 @@ weight sync; the vLLM engine (``lit_align.rollout.vllm``) is imported only when 
 
 from lit_align.rollout.base import (
     Completion,
+    GenerationInterrupted,
     RolloutEngine,
     SamplingConfig,
     StaleWeightsError,
@@ -15,6 +16,7 @@ from lit_align.rollout.weights import full_state_items, max_logprob_gap, sync_we
 __all__ = [
     "Completion",
     "EngineConfig",
+    "GenerationInterrupted",
     "HFEngine",
     "RolloutEngine",
     "SamplingConfig",

@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "Completion",
+    "GenerationInterrupted",
     "RolloutEngine",
     "SamplingConfig",
     "StaleWeightsError",
@@ -21,6 +22,10 @@ __all__ = [
 
 class StaleWeightsError(RuntimeError):
     """A round was about to be generated with weights older than the policy's."""
+
+
+class GenerationInterrupted(RuntimeError):
+    """An engine stopped generating because its ``interrupt`` callable asked it to."""
 
 
 def row_seed(seed: int, prompt: Sequence[int], sample: int) -> int:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from lit_align.ops import get_response_log_probs
-from lit_align.rollout.base import Completion, SamplingConfig, row_seed
+from lit_align.rollout.base import Completion, GenerationInterrupted, SamplingConfig, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.progress = progress
         self._weight_version: int | None = None
+        # Asked between decoding steps; True stops generation (GenerationInterrupted), e.g. on
+        # SIGTERM, so a preempted run does not finish a long round first.
+        self.interrupt: Callable[[], bool] | None = None
 
     @classmethod
     def from_policy(
@@ -238,9 +241,13 @@ class HFEngine:
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
             if sampling.stop:
                 kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
+            if self.interrupt is not None:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self.interrupt)])
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
             )
+            if self.interrupt is not None and self.interrupt():
+                raise GenerationInterrupted("generation interrupted (the engine's interrupt)")
             generated = out[:, width:].tolist()  # (len(batch) * n, steps)
             cut = [self._cut(g, sampling) for g in generated]
             prompts = [batch[k // sampling.n] for k in range(len(generated))]
@@ -256,3 +263,16 @@ class HFEngine:
                 lp, ent = scores.get(k, ([], []))
                 results.append(Completion(start + k // sampling.n, toks, text, lp, ent, reason))  # type: ignore[arg-type]
         return results
+
+
+class _Interrupt(StoppingCriteria):
+    """Stops every row at once when ``requested()`` turns true."""
+
+    def __init__(self, requested: Callable[[], bool]) -> None:
+        self.requested = requested
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        stop = bool(self.requested())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
