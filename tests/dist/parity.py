@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
+from lit_align.cli import close_process_group  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
@@ -112,6 +113,7 @@ def main() -> None:
         result["engine_max_diff"] = _vllm_gap(trainer.datamodule.engine, module, state, trainer.global_step)
     if trainer.global_rank == 0:
         torch.save(result, args.out)
+    close_process_group()  # else a gloo thread alive at exit aborts the process now and then (exit -6)
 
 
 def _vllm_gap(engine, module, state, step) -> float:
