@@ -359,9 +359,11 @@ def close_process_group() -> None:
     """
     import torch.distributed as dist
 
-    if (
-        dist.is_available() and dist.is_initialized()
-    ):  # local: no collective, so safe after an error
+    vllm_state = sys.modules.get("vllm.distributed.parallel_state")
+    if vllm_state is not None and vllm_state.model_parallel_is_initialized():
+        return  # a live vLLM engine uses the group; its own shutdown destroys it at exit
+    # Destroying is local (no collective), so it is safe after an error on one rank too.
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

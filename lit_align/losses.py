@@ -9,10 +9,13 @@ The policy-gradient family is one function, :func:`policy_loss`, built from thre
    ``no_baseline`` / ``reinforce_with_baseline`` (−A·log p), ``grpo_clip`` (PPO-style clipped ratio,
    Shao et al. 2024), ``grpo_no_clip`` (unclipped ratio·A), ``gspo`` (sequence-level ratio,
    Zheng et al. 2025), with asymmetric clipping ``cliprange_low``/``cliprange_high`` (DAPO's
-   clip-higher, Yu et al. 2025);
-2. optional truncated importance-sampling weights between trainer and rollout-engine log-probs
-   (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training")
-   and a KL penalty to a reference policy with estimator k1/k2/k3 (Schulman 2020);
+   clip-higher, Yu et al. 2025) and dual clipping ``clip_ratio_c`` (Ye et al. 2020, "Mastering
+   complex control in MOBA games with deep RL"); the log-ratio is clamped before ``exp`` (±20,
+   as verl does) so one far-off token cannot overflow the loss;
+2. optional importance-sampling weights between trainer and rollout-engine log-probs, per token
+   or per sequence, truncated or masked (Yao et al. 2025, "Your efficient RL framework secretly
+   brings you off-policy RL training"; TRL's ``vllm_importance_sampling_mode``) and a KL penalty
+   to a reference policy with estimator k1/k2/k3 (Schulman 2020), clamped to ±10;
 3. length aggregation (:func:`aggregate_loss`): ``seq_mean_token_mean`` (GRPO),
    ``token_mean`` (DAPO), ``seq_mean_token_sum_norm`` (Dr. GRPO, Liu et al. 2025).
 
@@ -22,21 +25,33 @@ reference assignment's API (``grpo_microbatch_train_step`` and friends) in :mod:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from lit_align.estimators import (
+    ISLevel,
+    ISMode,
+    KLEstimator,
+    check_choice,
+    check_same_shape,
+    importance_weights,
+    kl_penalty,
+)
 from lit_align.ops import guarded_masked_mean, masked_normalize
 
 __all__ = [
     "Aggregation",
+    "ISLevel",
+    "ISMode",
     "KLEstimator",
     "LossType",
     "aggregate_loss",
     "compute_per_token_policy_loss",
+    "importance_weights",
     "kl_penalty",
     "policy_loss",
     "sft_loss",
@@ -44,19 +59,6 @@ __all__ = [
 
 LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip", "gspo"]
 Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
-KLEstimator = Literal["k1", "k2", "k3"]
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; accepted values: {', '.join(choices)}")
-
-
-def _check_same_shape(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
-    if tensor.shape != ref.shape:
-        raise ValueError(
-            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(tensor.shape)}"
-        )
 
 
 # --------------------------------------------------------------------------- per-token surrogates
@@ -100,6 +102,8 @@ def compute_per_token_policy_loss(
     cliprange: float | None = None,
     cliprange_high: float | None = None,
     response_mask: Tensor | None = None,
+    clip_ratio_c: float | None = None,
+    log_ratio_clamp: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token policy-gradient loss of one of the :data:`LossType` surrogates.
 
@@ -113,12 +117,17 @@ def compute_per_token_policy_loss(
         cliprange: ε (or ε_low when ``cliprange_high`` is given) for the clipped types.
         cliprange_high: ε_high for asymmetric clipping (DAPO clip-higher); defaults to ``cliprange``.
         response_mask: (B, T), needed by ``gspo`` to average the log-ratio over response tokens.
+        clip_ratio_c: dual clip (> 1) for the clipped types: where A < 0 the per-token loss is
+            at most −c·A, however large the ratio (verl's ``clip_ratio_c``, e.g. 3); None: off.
+        log_ratio_clamp: clamp log π − log π_old to ±this before ``exp``; None (the reference
+            semantics, the default here): no clamp.
 
     Returns:
         (loss (B, T), metadata) with, for ratio types, ``ratio`` (B, T) and bool masks ``clipped``,
-        ``clipped_low`` and ``clipped_high`` (B, T) marking tokens where the clipped branch won.
+        ``clipped_low`` and ``clipped_high`` (B, T) marking tokens where the clipped branch won,
+        and with ``clip_ratio_c``, ``clipped_dual`` (B, T) where the dual clip's bound won.
     """
-    _check_choice("loss_type", loss_type, list(_SURROGATES))
+    check_choice("loss_type", loss_type, list(_SURROGATES))
     spec = _SURROGATES[loss_type]
     batch = policy_log_probs.shape[0]
     weights = raw_rewards if spec.weights == "raw_rewards" else advantages
@@ -131,16 +140,18 @@ def compute_per_token_policy_loss(
 
     if old_log_probs is None:
         raise ValueError(f"loss_type={loss_type!r} needs `old_log_probs`; it was not given")
-    _check_same_shape("old_log_probs", old_log_probs, "policy_log_probs", policy_log_probs)
+    check_same_shape("old_log_probs", old_log_probs, "policy_log_probs", policy_log_probs)
     log_ratio = policy_log_probs - old_log_probs  # (B, T)
     if spec.ratio == "sequence":
         if response_mask is None:
             raise ValueError("loss_type='gspo' needs `response_mask` for its sequence-level ratio")
-        _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+        check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
         # GSPO: s_i = exp(mean_t log-ratio), one ratio per sequence, broadcast over tokens.
         log_ratio = (
             guarded_masked_mean(log_ratio, response_mask, dim=-1).unsqueeze(-1).expand_as(log_ratio)
         )
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = ratio * weights
     meta: dict[str, Tensor] = {"ratio": ratio.detach()}
@@ -150,40 +161,23 @@ def compute_per_token_policy_loss(
         raise ValueError(f"loss_type={loss_type!r} needs `cliprange`; it was not given")
     low, high = cliprange, cliprange if cliprange_high is None else cliprange_high
     clipped = torch.clamp(ratio, 1.0 - low, 1.0 + high) * weights
-    loss = -torch.minimum(unclipped, clipped)
+    surrogate = torch.minimum(unclipped, clipped)  # (B, T)
     took_clip = (clipped < unclipped).detach()
     meta["clipped"] = took_clip
     meta["clipped_low"] = took_clip & (ratio.detach() < 1.0 - low)
     meta["clipped_high"] = took_clip & (ratio.detach() > 1.0 + high)
-    return loss, meta
+    if clip_ratio_c is not None:
+        if clip_ratio_c <= 1.0:
+            raise ValueError(f"clip_ratio_c must be > 1 (e.g. 3), got {clip_ratio_c}")
+        # Where A < 0 a huge ratio makes −ratio·A unbounded; the dual clip caps the loss at −c·A.
+        bound = (clip_ratio_c * weights).expand_as(surrogate)
+        dual = (weights < 0) & (surrogate < bound)
+        meta["clipped_dual"] = dual.detach()
+        surrogate = torch.where(dual, bound, surrogate)
+    return -surrogate, meta
 
 
 # --------------------------------------------------------------------------- KL and aggregation
-
-
-def _kl_k1(log_ratio: Tensor) -> Tensor:
-    return log_ratio
-
-
-def _kl_k2(log_ratio: Tensor) -> Tensor:
-    return 0.5 * log_ratio.square()
-
-
-def _kl_k3(log_ratio: Tensor) -> Tensor:
-    # exp(ref − logp) − (ref − logp) − 1, with log_ratio = logp − ref; ≥ 0 and unbiased.
-    return torch.exp(-log_ratio) + log_ratio - 1.0
-
-
-_KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _kl_k1, "k2": _kl_k2, "k3": _kl_k3}
-
-
-def kl_penalty(
-    policy_log_probs: Tensor, ref_log_probs: Tensor, estimator: KLEstimator = "k3"
-) -> Tensor:
-    """Per-token estimate of KL(π ‖ π_ref) from sampled-token log-probs (Schulman's k1/k2/k3)."""
-    _check_choice("kl_estimator", estimator, list(_KL_ESTIMATORS))
-    _check_same_shape("ref_log_probs", ref_log_probs, "policy_log_probs", policy_log_probs)
-    return _KL_ESTIMATORS[estimator](policy_log_probs - ref_log_probs)
 
 
 def _seq_mean(per_sequence: Tensor, sequences: float | None) -> Tensor:
@@ -244,8 +238,8 @@ def aggregate_loss(
             (accumulation steps), so sequences dropped from the loss (an all-zero mask row) do not
             dilute the mean.
     """
-    _check_choice("aggregation", aggregation, list(_AGGREGATIONS))
-    _check_same_shape("response_mask", response_mask, "per_token_loss", per_token_loss)
+    check_choice("aggregation", aggregation, list(_AGGREGATIONS))
+    check_same_shape("response_mask", response_mask, "per_token_loss", per_token_loss)
     return _AGGREGATIONS[aggregation](
         per_token_loss, response_mask, normalize_constant, token_normalizer, sequence_normalizer
     )
@@ -269,6 +263,11 @@ def policy_loss(
     kl_estimator: KLEstimator = "k3",
     rollout_log_probs: Tensor | None = None,
     tis_cap: float | None = None,
+    tis_level: ISLevel = "token",
+    tis_mode: ISMode = "truncate",
+    clip_ratio_c: float | None = None,
+    log_ratio_clamp: float | None = 20.0,
+    kl_clamp: float | None = 10.0,
     aggregation: Aggregation = "seq_mean_token_mean",
     normalize_constant: float = 1.0,
     token_normalizer: float | None = None,
@@ -291,9 +290,14 @@ def policy_loss(
         kl_coef: β; 0 disables the KL term (and no reference model is needed).
         kl_estimator: ``k1``, ``k2`` or ``k3``.
         rollout_log_probs: (B, T) the rollout engine's log-probs, needed when ``tis_cap`` is set.
-        tis_cap: C of truncated importance sampling: each token's surrogate is weighted by
-            min(exp(log p_old − log p_rollout), C), detached; log p_old is ``old_log_probs`` when
-            given, else the detached policy log-probs (on-policy).
+        tis_cap: C of importance sampling against the engine: each token's surrogate is weighted
+            by :func:`importance_weights` of (log p_old, log p_rollout), detached; log p_old is
+            ``old_log_probs`` when given, else the detached policy log-probs (on-policy).
+        tis_level: ``token`` (default) or ``sequence`` (one weight per response).
+        tis_mode: ``truncate`` (min(ratio, C), default) or ``mask`` (0 where ratio > C).
+        clip_ratio_c: dual clip for the clipped types (see :func:`compute_per_token_policy_loss`).
+        log_ratio_clamp: clamp every log-ratio to ±this before ``exp`` (verl's 20); None: off.
+        kl_clamp: clamp the per-token KL estimate to ±this (verl's 10); None: off.
         aggregation: see :func:`aggregate_loss`.
         normalize_constant: for ``seq_mean_token_sum_norm``.
         token_normalizer: for ``token_mean`` across micro-batches (see :func:`aggregate_loss`).
@@ -302,9 +306,10 @@ def policy_loss(
     Returns:
         (scalar loss, metrics): ``pg_loss``, ``kl`` (masked mean), ``clip_frac``,
         ``clip_frac_low``, ``clip_frac_high``, ``ratio_min``/``ratio_mean``/``ratio_max`` (masked),
-        ``tis_weight_mean`` — all detached; ratio/clip metrics only for ratio-based types.
+        ``clip_frac_dual`` (with ``clip_ratio_c``), ``tis_weight_mean`` and, in mask mode,
+        ``tis_masked_frac`` — all detached; ratio/clip metrics only for ratio-based types.
     """
-    _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+    check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     per_token, meta = compute_per_token_policy_loss(
         policy_log_probs,
         loss_type,
@@ -314,6 +319,8 @@ def policy_loss(
         cliprange,
         cliprange_high,
         response_mask,
+        clip_ratio_c,
+        log_ratio_clamp,
     )
     mask = response_mask.to(policy_log_probs.dtype)
     metrics: dict[str, Tensor] = {}
@@ -321,13 +328,14 @@ def policy_loss(
     if tis_cap is not None:
         if rollout_log_probs is None:
             raise ValueError("tis_cap is set but `rollout_log_probs` was not given")
-        _check_same_shape(
-            "rollout_log_probs", rollout_log_probs, "policy_log_probs", policy_log_probs
-        )
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
-        tis_w = torch.exp(behaviour.detach() - rollout_log_probs).clamp(max=tis_cap)
+        tis_w = importance_weights(
+            behaviour, rollout_log_probs, mask, tis_cap, tis_level, tis_mode, log_ratio_clamp
+        )
         per_token = per_token * tis_w
         metrics["tis_weight_mean"] = guarded_masked_mean(tis_w, mask).detach()
+        if tis_mode == "mask":
+            metrics["tis_masked_frac"] = guarded_masked_mean((tis_w == 0).to(mask.dtype), mask)
 
     metrics["pg_loss"] = aggregate_loss(
         per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
@@ -335,7 +343,7 @@ def policy_loss(
     if kl_coef != 0.0 and ref_log_probs is None:
         raise ValueError(f"kl_coef={kl_coef} needs `ref_log_probs`; it was not given")
     if ref_log_probs is not None:
-        kl = kl_penalty(policy_log_probs, ref_log_probs, kl_estimator)
+        kl = kl_penalty(policy_log_probs, ref_log_probs, kl_estimator, log_ratio_clamp, kl_clamp)
         if kl_coef != 0.0:
             per_token = per_token + kl_coef * kl
         metrics["kl"] = guarded_masked_mean(kl, mask).detach()
@@ -351,7 +359,7 @@ def policy_loss(
         metrics["ratio_max"] = (
             torch.where(mask > 0, ratio, -big).max() if has else ratio.new_tensor(1.0)
         )
-        for key in ("clipped", "clipped_low", "clipped_high"):
+        for key in ("clipped", "clipped_low", "clipped_high", "clipped_dual"):
             if key in meta:
                 name = "clip_frac" + key.removeprefix("clipped")
                 metrics[name] = guarded_masked_mean(meta[key].to(mask.dtype), mask).detach()
@@ -379,7 +387,7 @@ def sft_loss(
     :func:`aggregate_loss`). ``sum_norm`` (CS336's): mean over sequences of (−sum of masked
     log-probs ÷ ``normalize_constant``).
     """
-    _check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
+    check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     if aggregation == "token_mean":
         loss = -_agg_token_mean(policy_log_probs, response_mask, 1.0, token_normalizer, None)
     elif aggregation == "sum_norm":

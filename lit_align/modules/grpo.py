@@ -16,7 +16,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.losses import Aggregation, KLEstimator, LossType, kl_penalty, policy_loss
+from lit_align.losses import (
+    Aggregation,
+    ISLevel,
+    ISMode,
+    KLEstimator,
+    LossType,
+    kl_penalty,
+    policy_loss,
+)
 from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT
 from lit_align.modules.base import PolicyModule
 from lit_align.ops import CausalLMLogProbs, guarded_masked_mean
@@ -39,8 +47,15 @@ class GRPOModule(PolicyModule):
         aggregation: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO) or
             ``seq_mean_token_sum_norm`` (Dr. GRPO, with ``normalize_constant``).
         normalize_constant: Dr. GRPO's constant (usually the max new tokens).
-        tis_cap: truncated importance sampling against the engine's log-probs: weight each token
-            by min(π_old/π_engine, tis_cap); None: off.
+        tis_cap: importance sampling against the engine's log-probs: weight each token by
+            min(π_old/π_engine, tis_cap); None: off.
+        tis_level: ``token`` (one ratio per token) or ``sequence`` (the product over the
+            response, TRL's ``sequence_*`` modes).
+        tis_mode: ``truncate`` (min(ratio, cap)) or ``mask`` (drop where ratio > cap).
+        clip_ratio_c: dual-clip PPO bound (> 1, verl's ``clip_ratio_c``, e.g. 3): with A < 0 a
+            token's loss is at most −c·A; None: off.
+        log_ratio_clamp: clamp log-ratios to ±this before ``exp`` (verl's 20); None: off.
+        kl_clamp: clamp the per-token KL estimate to ±this (verl's 10); None: off.
         mismatch_warn_threshold: warn when the mean |log π_trainer − log π_engine| per response
             token of a round's first optimizer step (``train/engine_logprob_mismatch``, where the
             two policies must be equal) exceeds this many nats. float32 engines agree to ~1e-6
@@ -62,6 +77,11 @@ class GRPOModule(PolicyModule):
         aggregation: Aggregation = "seq_mean_token_mean",
         normalize_constant: float = 1024.0,
         tis_cap: float | None = None,
+        tis_level: ISLevel = "token",
+        tis_mode: ISMode = "truncate",
+        clip_ratio_c: float | None = None,
+        log_ratio_clamp: float | None = 20.0,
+        kl_clamp: float | None = 10.0,
         mismatch_warn_threshold: float | None = 0.05,
         **kwargs: Any,
     ) -> None:
@@ -74,6 +94,13 @@ class GRPOModule(PolicyModule):
         self.aggregation = aggregation
         self.normalize_constant = normalize_constant
         self.tis_cap = tis_cap
+        self.loss_options = dict(
+            tis_level=tis_level,
+            tis_mode=tis_mode,
+            clip_ratio_c=clip_ratio_c,
+            log_ratio_clamp=log_ratio_clamp,
+            kl_clamp=kl_clamp,
+        )
         self.mismatch_warn_threshold = mismatch_warn_threshold
         self._mismatch = torch.zeros(2, dtype=torch.float64)  # (sum of |gap| over tokens, tokens)
         # Fail at start-up, not at the first step: the loss validates its options on dummy input.
@@ -94,6 +121,7 @@ class GRPOModule(PolicyModule):
             tis_cap=tis_cap,
             aggregation=aggregation,
             normalize_constant=normalize_constant,
+            **self.loss_options,
         )
         self.ref_policy: nn.Module | None = None
         if kl_coef > 0:  # a frozen copy of the initial policy
@@ -191,6 +219,7 @@ class GRPOModule(PolicyModule):
             normalize_constant=self.normalize_constant,
             token_normalizer=batch["token_normalizer"],
             sequence_normalizer=batch["sequence_normalizer"],
+            **self.loss_options,
         )
         size = mask.shape[0]
         completion = batch["completion_mask"]
