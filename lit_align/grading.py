@@ -8,16 +8,21 @@ A record is a plain dict (it goes to JSONL and TensorBoard as is): ``example_ind
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lit_align.metrics import GRADER_TIMEOUTS_KEY
 from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rewards.sandbox import timeouts_in_this_thread
 from lit_align.rollout.base import Completion
 
 __all__ = ["grade_completions"]
+
+log = logging.getLogger(__name__)
 
 
 def grade_completions(
@@ -41,8 +46,10 @@ def grade_completions(
         progress: show a progress bar over the chunks.
 
     Returns:
-        (records, scores (N, F) components, the evaluator's reward metrics over all N).
+        (records, scores (N, F) components, the evaluator's reward metrics over all N, with
+        ``grader_timeouts``: answers the math grader scored 0 for lack of time, warned about).
     """
+    timeouts_before = timeouts_in_this_thread()
     rep_prompts = [prompts[c.prompt_index] for c in completions]
     rep_answers = [answers[c.prompt_index] for c in completions]
     texts = [c.text for c in completions]
@@ -75,4 +82,14 @@ def grade_completions(
         }
         for j, (c, row) in enumerate(zip(completions, evaluator.breakdown(scores), strict=True))
     ]
-    return records, scores, evaluator.reward_metrics(scores)
+    lost = timeouts_in_this_thread() - timeouts_before
+    if lost:
+        log.warning(
+            "%d of %d answers were scored 0 because grading ran out of time (per-answer limit "
+            "LIT_ALIGN_GRADER_TIMEOUT_S, batch budget LIT_ALIGN_GRADER_BUDGET_S): their rewards "
+            "may be wrong. A loaded machine or very hard answers; raise the limits or add "
+            "workers (LIT_ALIGN_GRADER_WORKERS).",
+            lost,
+            len(completions),
+        )
+    return records, scores, {**evaluator.reward_metrics(scores), GRADER_TIMEOUTS_KEY: float(lost)}

@@ -15,6 +15,8 @@ from typing import Any
 
 __all__ = [
     "ENGINE_MISMATCH",
+    "GRADER_TIMEOUTS",
+    "GRADER_TIMEOUTS_KEY",
     "KL_TO_ROLLOUT",
     "MEMORY",
     "PER_RECORD",
@@ -39,6 +41,8 @@ TRAIN_S = "time/train_s"  # seconds of a round's optimizer steps
 ROLLOUT_FRACTION = "time/rollout_fraction"
 ENGINE_MISMATCH = "train/engine_logprob_mismatch"  # nats/token, engine vs trainer, same weights
 KL_TO_ROLLOUT = "train/kl_to_rollout"  # k3 KL of the policy to the one that sampled the round
+GRADER_TIMEOUTS_KEY = "grader_timeouts"  # answers scored 0 because grading ran out of time
+GRADER_TIMEOUTS = "reward/" + GRADER_TIMEOUTS_KEY  # per round; lit_align eval writes it too
 
 # Per-record values whose means are the validation metrics (val/<key>).
 PER_RECORD: dict[str, Callable[[Mapping[str, Any]], float]] = {

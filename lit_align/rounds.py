@@ -16,7 +16,14 @@ import torch
 
 from lit_align.advantages import BaselineType, constant_groups, group_advantages
 from lit_align.grading import grade_completions
-from lit_align.metrics import ROLLOUT, ROLLOUT_S, prefixed, summarize_records
+from lit_align.metrics import (
+    GRADER_TIMEOUTS,
+    GRADER_TIMEOUTS_KEY,
+    ROLLOUT,
+    ROLLOUT_S,
+    prefixed,
+    summarize_records,
+)
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
@@ -87,6 +94,7 @@ def run_round(
 
     G = sampling.n
     records, scores, reward_metrics = grade_completions(evaluator, prompts, answers, completions, G)
+    timeouts = reward_metrics.pop(GRADER_TIMEOUTS_KEY)
     totals = evaluator.total(scores)  # (N,)
     adv, adv_metrics = group_advantages(
         totals, G, options.eps, options.normalize_by_std, options.baseline
@@ -110,6 +118,7 @@ def run_round(
             )
         )
     metrics = _round_metrics(samples, records, reward_metrics, adv_metrics, seconds)
+    metrics[GRADER_TIMEOUTS] = timeouts
     return Round(samples, records, metrics)
 
 

@@ -52,6 +52,19 @@ EQUIVALENT = [
     ("42", 42),
     ("42", 42.0),
     ("7", ["6", "7"]),
+    # math-verify's number rule: a decimal equals a value that rounds alike at 6 places.
+    ("0.0833333333333333", "\\frac{1}{12}"),
+    ("50 percent", "50\\%"),
+    ("28 pct", "28\\%"),
+    ("0.111", "0,111"),  # "0,…" is never a thousands separator
+    # Prose and delimited math: the answer is extracted as math-verify extracts it.
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("Therefore $x \\geq 5$ is the solution.", "$x >= 5$"),
+    ("\\boxed{1,2}", "$\\boxed{1}\\boxed{2}$"),  # a gold with several boxed answers: all of them
+    (
+        "The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.",
+        "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}",
+    ),
 ]
 
 NOT_EQUIVALENT = [
@@ -67,6 +80,16 @@ NOT_EQUIVALENT = [
     ("-5", "5"),
     ("\\pi", "3"),
     ("7", ["6", "8"]),
+    # A pair is not a thousands-separated number (false positives of an earlier grader).
+    ("\\boxed{32, 349}", "32349"),
+    ("3, 500", "3500"),
+    ("0.08333", "\\frac{1}{12}"),  # rounds to 0.08333, not 0.083333
+    # A gold with several boxed answers is not matched by its last one alone.
+    ("2", "$\\boxed{1}\\boxed{2}$"),
+    # A bare expression is graded whole, never searched for a sub-expression.
+    ("\\frac{1}{2}+1", "\\frac{1}{2}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)+1", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("x+1", "1"),
 ]
 
 

@@ -52,7 +52,7 @@ def test_adversarial_answers_from_worker_threads(tmp_path):
             start = time.monotonic()
             results = list(ex.map(lambda a: grade(a, "1", pool=pool), answers))
         assert results == [False] * len(answers)
-        # Calls serialize on the pool; each timeout costs at most timeout_s.
+        # Each timeout costs at most timeout_s (× the load factor).
         assert time.monotonic() - start < 10 * len(answers)
         assert not marker.exists()
     finally:
@@ -175,3 +175,84 @@ def test_parse_expr_guard_refuses_code():
         with pytest.raises(RuntimeError, match="refused"):
             guarded(text)
     assert calls == [" 42 ", "3.5"]
+
+
+HANG = "10^{10^{10^{10}}}"  # sympy works on it far past any time limit
+
+
+def test_concurrent_callers_do_not_wait_for_each_others_batches():
+    pool = GradingPool(num_workers=1, timeout_s=8.0)
+    done: dict[str, float] = {}
+
+    def slow() -> None:
+        pool.verify_many([(HANG, "1")])
+        done["slow"] = time.monotonic()
+
+    try:
+        assert pool.verify_many([("x+1", "1+x")]) == [True]  # one warm worker
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.5)  # the slow call holds the warm worker
+        assert pool.verify_many([("2x", "x+x")]) == [True]  # gets a worker of its own
+        done["fast"] = time.monotonic()
+        thread.join(timeout=120)
+        assert done["fast"] < done["slow"]  # a single lock would have made it wait ~8 s
+        assert pool.stats["timeouts"] == 1
+    finally:
+        pool.close()
+
+
+def test_a_batch_budget_scores_pending_answers_zero_and_counts_them():
+    from lit_align.rewards.sandbox import timeouts_in_this_thread
+
+    pool = GradingPool(num_workers=1, timeout_s=60.0)
+    try:
+        assert pool.verify_many([("x+1", "1+x")]) == [True]  # warm
+        before = timeouts_in_this_thread()
+        start = time.monotonic()
+        results = pool.verify_many([("2x", "x+x"), (HANG, "1"), ("3x", "x+2x")], budget_s=2.0)
+        elapsed = time.monotonic() - start
+        # The first answer is graded; the stuck one and the one queued behind it run out of budget.
+        assert results == [True, False, False]
+        assert elapsed < 10  # the budget (2 s), not the per-answer limit (60 s)
+        assert pool.stats["budget_timeouts"] == 2
+        assert timeouts_in_this_thread() - before == 2
+        assert pool.verify_many([("x+1", "1+x")]) == [True]  # a fresh worker took over
+    finally:
+        pool.close()
+
+
+def test_the_answer_time_limit_scales_with_machine_load(monkeypatch):
+    import os
+
+    from lit_align.rewards import sandbox
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert sandbox._load_factor() == 1.0  # an idle machine: the configured limit
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert sandbox._load_factor() == 4.5  # 4.5 runnable processes per CPU: 4.5× the limit
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 1.0, 1.0))
+    assert sandbox._load_factor() == 8.0  # capped
+
+
+def test_grading_timeouts_reach_the_round_metrics_and_the_log(monkeypatch, caplog):
+    from lit_align.grading import grade_completions
+    from lit_align.rewards import MathEvaluator
+    from lit_align.rewards import sandbox as sb
+    from lit_align.rollout.base import Completion
+
+    pool = GradingPool(num_workers=1, timeout_s=1.0)
+    monkeypatch.setattr(sb, "_POOL", pool)
+    try:
+        texts = [f"ok </think> <answer> {a} </answer>" for a in (HANG, "x+1")]
+        completions = [Completion(0, [1], t, [0.0], [0.0], "stop") for t in texts]
+        with caplog.at_level("WARNING"):
+            records, _, metrics = grade_completions(
+                MathEvaluator(), ["q"], ["1+x"], completions, n=2
+            )
+        assert metrics["grader_timeouts"] == 1.0
+        assert [r["correct"] for r in records] == [False, True]
+        assert "ran out of time" in caplog.text
+    finally:
+        pool.close()

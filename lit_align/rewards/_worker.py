@@ -6,7 +6,11 @@ LaTeX through math-verify's grammar-based parser. The parent kills it when an an
 the time limit.
 
 Protocol: the worker prints ``{"ready": true}`` once imported, then for each input line
-``{"i": id, "a": answer, "g": gold}`` prints ``{"i": id, "r": true|false}``.
+``{"i": id, "a": answer, "g": gold}`` (normalized strings, each parsed as the content of a
+``\\boxed{}``), optionally with ``"ra"``/``"rg"`` (a raw answer that is prose or delimited math,
+from which math-verify extracts the answer as its own ``parse`` does, LaTeX then plain
+expressions; the raw gold, read the same way when delimited, else whole), prints
+``{"i": id, "r": true|false}``: true when either reading finds them equal.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def _load_verifier():
     import contextlib
 
     import sympy.parsing.sympy_parser as sympy_parser
-    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     from math_verify import parser as mv_parser
 
     real_parse_expr = sympy_parser.parse_expr
@@ -68,17 +72,33 @@ def _load_verifier():
         finally:
             sympy_parser.parse_expr = mv_parser.parse_expr = real_parse_expr
 
-    config = [LatexExtractionConfig(boxed_match_priority=0)]
+    boxed = [LatexExtractionConfig(boxed_match_priority=0)]
+    # math-verify's own default reading of free text: LaTeX (boxed first), then expressions.
+    # Expressions reach sympy's parser only as numeric literals (the guard above).
+    free_text = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
-    def check(answer: str, gold: str) -> bool:
+    latex = [LatexExtractionConfig(boxed_match_priority=0)]
+
+    def equal(answer: str, gold: str, config: list, gold_config: list | None = None) -> bool:
         with model_text_guard():
-            gold_parsed = parse("\\boxed{" + gold + "}", config, parsing_timeout=None)
-            answer_parsed = parse("\\boxed{" + answer + "}", config, parsing_timeout=None)
+            gold_parsed = parse(gold, gold_config or config, parsing_timeout=None)
+            answer_parsed = parse(answer, config, parsing_timeout=None)
         if not gold_parsed or not answer_parsed:
             return False
         if _clearly_different_constants(gold_parsed[0], answer_parsed[0]):
             return False
         return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
+
+    def check(answer: str, gold: str, raw_answer: str | None, raw_gold: str | None) -> bool:
+        if answer and gold and equal("\\boxed{" + answer + "}", "\\boxed{" + gold + "}", boxed):
+            return True
+        if not raw_answer or raw_gold is None:
+            return False
+        # The answer is prose or delimited math (the parent checked): extract as math-verify
+        # does. A gold with its own delimiters is read the same way; a bare gold whole.
+        if any(d in raw_gold for d in ("$", "\\(", "\\[", "\\boxed", "\\fbox")):
+            return equal(raw_answer, raw_gold, free_text, latex)
+        return equal(raw_answer, "\\boxed{" + raw_gold + "}", free_text, boxed)
 
     return check
 
@@ -112,7 +132,7 @@ def main() -> None:
     for line in sys.stdin:
         task = json.loads(line)
         try:
-            result = check(task["a"], task["g"])
+            result = check(task["a"], task["g"], task.get("ra"), task.get("rg"))
         except (Exception, RecursionError, MemoryError):
             result = False
         out.write(json.dumps({"i": task["i"], "r": result}) + "\n")

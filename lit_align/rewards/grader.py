@@ -1,25 +1,39 @@
 """Mathematical answer equivalence that never hangs and never executes model text.
 
 ``grade(answer, ground_truth)`` normalizes both sides (see :mod:`.normalize`), decides by string
-or exact-number comparison when it can (most answers), and otherwise asks math-verify in the
-sandboxed worker pool (:mod:`.sandbox`), under a hard per-answer time limit.
+or number comparison when it can (most answers), and otherwise asks math-verify in the sandboxed
+worker pool (:mod:`.sandbox`), under a hard per-answer time limit: first on the normalized
+strings, then on the raw texts with math-verify's own extraction (LaTeX, then expressions), so
+free-text answers grade as math-verify grades them. Numbers follow math-verify's rule: exact,
+unless one side is written as a decimal, then equal when rounded to 6 places.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from lit_align.rewards.normalize import MAX_ANSWER_CHARS, last_boxed, normalize_answer, parse_number
-from lit_align.rewards.sandbox import GradingPool, get_pool
+from lit_align.rewards.normalize import (
+    MAX_ANSWER_CHARS,
+    is_free_text,
+    last_boxed,
+    normalize_answer,
+    parse_number,
+)
+from lit_align.rewards.sandbox import GradingPool, get_pool, timeouts_in_this_thread
 
 __all__ = ["GroundTruth", "grade", "grade_many"]
 
 GroundTruth = str | int | float | Sequence[str | int | float]
 
 
-# Sandbox verdicts by (normalized answer, normalized gold): GRPO groups repeat answers often.
+# Sandbox verdicts by task (normalized answer, normalized gold, raw answer, raw gold): GRPO groups
+# repeat answers often.
 _VERDICT_CACHE_SIZE = 65_536
-_VERDICTS: dict[tuple[str, str], bool] = {}
+_VERDICTS: dict[tuple[str, str, str, str], bool] = {}
+# math-verify extracts from the end of a text; a longer raw answer is cut to its tail.
+_RAW_TAIL_CHARS = 4000
+# math-verify's default float_rounding: a decimal equals a value that rounds to it.
+_DECIMALS = 6
 
 
 def _golds(ground_truth: GroundTruth) -> list[str]:
@@ -41,13 +55,25 @@ def _prepare(answer: str) -> str | None:
 
 
 def _fast(answer: str, gold: str) -> bool | None:
-    """True/False when strings or exact numbers decide; None when sympy must."""
+    """True/False when strings or numbers decide; None when sympy must."""
     if answer == gold:
         return True
     a, g = parse_number(answer), parse_number(gold)
     if a is not None and g is not None:
-        return a == g
+        if a == g:
+            return True
+        if "." in answer or "." in gold:  # a decimal: equal when both round alike
+            return round(a, _DECIMALS) == round(g, _DECIMALS)
+        return False
     return None
+
+
+def _gold_norm(gold: str) -> str:
+    """Normalized gold, or "" when it holds several boxed answers (all of them must be matched,
+    which only math-verify's extraction of the raw gold does)."""
+    if gold.count("\\boxed") + gold.count("\\fbox") > 1:
+        return ""
+    return normalize_answer(gold)
 
 
 def grade_many(
@@ -65,28 +91,38 @@ def grade_many(
     """
     pairs = list(pairs)
     results = [False] * len(pairs)
-    slow: list[tuple[int, str, str]] = []  # (pair index, answer, gold) for the sandbox
+    slow: list[tuple[int, tuple[str, str, str, str]]] = []  # (pair index, task) for the sandbox
     for idx, (answer, ground_truth) in enumerate(pairs):
-        prepared = _prepare(answer)
-        if prepared is None:
+        if not isinstance(answer, str) or not answer.strip():
             continue
+        prepared = _prepare(answer) or ""
+        tail = answer.replace("\x00", "")[-_RAW_TAIL_CHARS:]
+        free_text = is_free_text(answer)
         for gold in _golds(ground_truth):
-            gold_norm = normalize_answer(gold)
-            decided = _fast(prepared, gold_norm) if gold_norm else False
+            gold_norm = _gold_norm(gold)
+            decided = _fast(prepared, gold_norm) if prepared and gold_norm else None
             if decided:
                 results[idx] = True
                 break
-            if decided is None:
-                slow.append((idx, prepared, gold_norm))
+            # Prose or delimited math (or a gold of several boxed answers): math-verify also
+            # extracts the answer from the raw text.
+            raw = tail if free_text or not gold_norm else ""
+            if decided is None and ((prepared and gold_norm) or raw):
+                raw_gold = gold[-_RAW_TAIL_CHARS:] if raw else ""
+                slow.append((idx, (prepared, gold_norm, raw, raw_gold)))
     slow = [s for s in slow if not results[s[0]]]
-    unknown = list(dict.fromkeys((a, g) for _, a, g in slow if (a, g) not in _VERDICTS))
+    unknown = list(dict.fromkeys(task for _, task in slow if task not in _VERDICTS))
+    fresh: dict[tuple[str, str, str, str], bool] = {}
     if unknown:
-        verdicts = (pool or get_pool()).verify_many(unknown)
+        before = timeouts_in_this_thread()
+        fresh = dict(zip(unknown, (pool or get_pool()).verify_many(unknown), strict=True))
+        lost = timeouts_in_this_thread() - before
         if len(_VERDICTS) + len(unknown) > _VERDICT_CACHE_SIZE:
             _VERDICTS.clear()
-        _VERDICTS.update(zip(unknown, verdicts, strict=True))
-    for idx, a, g in slow:
-        results[idx] = results[idx] or _VERDICTS.get((a, g), False)
+        # A False that may be a timeout is not cached: a later, less loaded call may decide it.
+        _VERDICTS.update((t, v) for t, v in fresh.items() if v or not lost)
+    for idx, task in slow:
+        results[idx] = results[idx] or fresh.get(task, _VERDICTS.get(task, False))
     return results
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-__all__ = ["MAX_ANSWER_CHARS", "last_boxed", "normalize_answer", "parse_number"]
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "is_delimited",
+    "is_free_text",
+    "last_boxed",
+    "normalize_answer",
+    "parse_number",
+]
 
 # No real MATH/GSM8K answer is longer; longer "answers" are rejected before any parsing.
 MAX_ANSWER_CHARS = 1000
@@ -64,13 +71,14 @@ def _fix_fracs(s: str) -> str:
 _UNIT_WORDS = (
     r"(?:units?|cm|mm|km|m|meters?|centimeters?|inches|inch|feet|foot|ft|yards?|miles?|"
     r"degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|weeks?|years?|sq|square|cubic|"
-    r"pounds?|lbs?|ounces?|oz|grams?|kg|liters?|gallons?|mph|people|students|points?)"
+    r"pounds?|lbs?|ounces?|oz|grams?|kg|liters?|gallons?|mph|people|students|points?|"
+    r"percent(?:age)?|pct)"
 )
 _NUMBER_WITH_UNITS = re.compile(
     r"^(-?[\d.,]+|\\frac\{[^{}]*\}\{[^{}]*\})\s*(?:" + _UNIT_WORDS + r"\b[\w\s^{}]*)$"
 )
 _VAR_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")  # "0,111" is a decimal comma
 
 
 def normalize_answer(answer: str) -> str:
@@ -105,7 +113,10 @@ def normalize_answer(answer: str) -> str:
         s = s.replace(",", "")
     s = _fix_fracs(s)
     s = re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\s+", "", s)
+    # "32, 349" is a pair, not 32349: a space after a comma between digits survives (one space),
+    # so neither the exact match nor math-verify reads it as a thousands separator.
+    s = re.sub(r"(\d),\s+(?=\d)", r"\1," + "\x00", s)  # NUL was stripped above: a placeholder
+    s = re.sub(r"\s+", "", s).replace("\x00", " ")
     if s.startswith("."):
         s = "0" + s
     s = re.sub(r"^(-?)\.(\d)", r"\g<1>0.\2", s)
@@ -134,3 +145,26 @@ def parse_number(normalized: str) -> Fraction | None:
         value = Fraction(int(match.group(2)), int(match.group(3)))
         return -value if match.group(1) else value
     return None
+
+
+_DELIMITERS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # a word, not a LaTeX command
+
+
+def is_delimited(text: str) -> bool:
+    """Whether ``text`` marks its math (``$…$``, ``\\(…\\)``, ``\\[…\\]``, ``\\boxed{}``)."""
+    return any(d in text for d in _DELIMITERS)
+
+
+def is_free_text(answer: str) -> bool:
+    """Whether an answer is prose or delimited math from which the answer must be extracted,
+    rather than one bare expression (or one ``\\boxed{}`` around it), which is graded whole.
+
+    A bare expression is never searched for a sub-expression: ``\\frac{1}{2}+1`` must not grade
+    as ``\\frac{1}{2}``.
+    """
+    text = answer.strip()
+    boxed = last_boxed(text)
+    if boxed is not None and text.replace(" ", "") == "\\boxed{" + boxed.replace(" ", "") + "}":
+        text = boxed
+    return is_delimited(text) or _WORD.search(text) is not None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GradingPool", "get_pool"]
+__all__ = ["GradingPool", "get_pool", "timeouts_in_this_thread"]
 
 
 # Environment variables a grader subprocess inherits; everything else is dropped.
@@ -42,17 +42,28 @@ class _Worker:
     buffer: bytes = b""
     inflight: deque[int] = field(default_factory=deque)  # task ids, in the order sent
     since: float = 0.0  # when the current task started (or the worker started)
+    generation: int = 0  # the pool's generation when started (close() retires older ones)
 
 
 class GradingPool:
     """Grades (answer, gold) pairs of normalized strings in sandboxed worker processes.
 
+    Concurrent callers (threads) do not wait for each other's batches: each call checks out idle
+    workers (up to ``num_workers``), or starts new ones up to ``max_workers`` in all, and returns
+    them when done. Only when every one of ``max_workers`` is busy does a call wait for one.
+
     Args:
-        num_workers: worker processes (default: min(2, CPU count)).
-        timeout_s: hard limit for one answer; a worker past it is killed and the answer is False.
+        num_workers: workers one call uses (default: min(2, CPU count)).
+        timeout_s: limit for one answer on an idle machine; it scales with the load (× the
+            1-minute load average per CPU, when above 1), so that a loaded machine does not turn
+            slow answers into zeros. A worker past it is killed and the answer scores False (a
+            counted timeout).
         memory_mb: address-space limit of each worker.
         window: tasks in flight per worker (amortizes pipe round trips).
         startup_timeout_s: how long a new worker may take to import sympy and math-verify.
+        max_workers: workers alive at most, over all concurrent calls (default max(8, num_workers)).
+        budget_s: a time budget for one call: answers still pending when it runs out score
+            False and are counted (``budget_timeouts``); None: no budget.
     """
 
     def __init__(
@@ -62,16 +73,24 @@ class GradingPool:
         memory_mb: int = 2048,
         window: int = 16,
         startup_timeout_s: float = 60.0,
+        max_workers: int | None = None,
+        budget_s: float | None = None,
     ) -> None:
         self.num_workers = num_workers or max(1, min(2, os.cpu_count() or 1))
+        self.max_workers = max(max_workers or 8, self.num_workers)
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.window = window
         self.startup_timeout_s = startup_timeout_s
-        self.stats = {"graded": 0, "timeouts": 0, "crashes": 0, "restarts": 0}
-        self._lock = threading.Lock()
+        self.budget_s = budget_s
+        self.stats = {
+            "graded": 0, "timeouts": 0, "budget_timeouts": 0, "crashes": 0, "restarts": 0,
+        }  # fmt: skip
+        self._cond = threading.Condition()  # guards the idle list, the count and the stats
         self._pid = os.getpid()
-        self._workers: list[_Worker] = []
+        self._workers: list[_Worker] = []  # idle workers
+        self._alive = 0  # idle + checked out
+        self._generation = 0  # bumped by close(): older checked-out workers die on return
         self._failed_starts = 0
 
     # ------------------------------------------------------------------ workers
@@ -94,17 +113,36 @@ class GradingPool:
             close_fds=True,
             start_new_session=True,  # Ctrl-C in the parent's terminal does not hit workers
         )
-        return _Worker(proc=proc, since=time.monotonic())
+        return _Worker(proc=proc, since=time.monotonic(), generation=self._generation)
 
-    def _ensure_workers(self) -> None:
-        alive = [w for w in self._workers if w.proc.poll() is None]
-        for dead in (w for w in self._workers if w not in alive):  # died between calls
-            self._kill(dead)
-            self.stats["crashes"] += 1
-            self.stats["restarts"] += 1
-        self._workers = alive
-        while len(self._workers) < self.num_workers:
-            self._workers.append(self._spawn())
+    def _checkout(self) -> list[_Worker]:
+        """Idle workers for one call (new ones started when none is idle and the cap allows)."""
+        with self._cond:
+            while True:
+                alive = [w for w in self._workers if w.proc.poll() is None]
+                for dead in (w for w in self._workers if w not in alive):  # died while idle
+                    self._kill(dead)
+                    self._alive -= 1
+                    self.stats["crashes"] += 1
+                self._workers = alive
+                taken = self._workers[: self.num_workers]
+                del self._workers[: len(taken)]
+                new = min(self.num_workers - len(taken), self.max_workers - self._alive)
+                if taken or new > 0:
+                    self._alive += max(new, 0)
+                    break
+                self._cond.wait()
+        return taken + [self._spawn() for _ in range(max(new, 0))]
+
+    def _checkin(self, workers: list[_Worker]) -> None:
+        with self._cond:
+            for worker in workers:
+                if worker.proc.poll() is None and worker.generation == self._generation:
+                    self._workers.append(worker)
+                else:
+                    self._kill(worker)
+                    self._alive -= 1
+            self._cond.notify_all()
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
@@ -121,10 +159,12 @@ class GradingPool:
                 pass
 
     def close(self) -> None:
-        """Stop every worker (the pool restarts them on the next call)."""
-        with self._lock:
+        """Stop every idle worker (busy ones stop when their call ends); later calls restart."""
+        with self._cond:
+            self._generation += 1
             for worker in self._workers:
                 self._kill(worker)
+            self._alive -= len(self._workers)
             self._workers = []
 
     def __del__(self) -> None:  # best effort; workers also exit when their stdin closes
@@ -134,21 +174,89 @@ class GradingPool:
 
     # ------------------------------------------------------------------ grading
 
-    def verify_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        """Return, for each (answer, gold) pair, whether math-verify finds them equal.
+    def verify_many(
+        self, tasks: list[tuple[str, ...]], budget_s: float | None = None
+    ) -> list[bool]:
+        """Return, for each task, whether math-verify finds answer and gold equal.
 
-        Never raises for any content of the pairs: a timeout, crash or parse failure is False.
+        A task is ``(answer, gold)`` (normalized strings) or ``(answer, gold, raw_answer,
+        raw_gold)``: the worker then also lets math-verify extract from the raw texts.
+        ``budget_s`` (default: the pool's) bounds the whole call. Never raises for any content:
+        a timeout, crash or parse failure is False, and timeouts are counted in ``stats`` and in
+        :func:`timeouts_in_this_thread`.
         """
-        if not pairs:
+        if not tasks:
             return []
-        with self._lock:
-            return self._run(pairs)
+        budget = self.budget_s if budget_s is None else budget_s
+        deadline = None if budget is None else time.monotonic() + budget
+        workers = self._checkout()
+        try:
+            return _Call(self, workers, tasks, deadline).run()
+        finally:
+            self._checkin(workers)
 
-    def _send(self, worker: _Worker, task_id: int, pair: tuple[str, str]) -> bool:
-        line = json.dumps({"i": task_id, "a": pair[0], "g": pair[1]}) + "\n"
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._cond:
+            self.stats[kind] += n
+        if kind in ("timeouts", "budget_timeouts"):
+            _THREAD.timeouts = getattr(_THREAD, "timeouts", 0) + n
+
+
+_THREAD = threading.local()
+
+
+def _load_factor() -> float:
+    """The 1-minute load average per CPU when above 1 (capped at 8), else 1."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # not available on this platform
+        return 1.0
+    return min(max(load, 1.0), 8.0)
+
+
+def timeouts_in_this_thread() -> int:
+    """Answers scored False for lack of time (per-answer limit or budget) by this thread so far,
+    over every pool: the difference around a batch is that batch's count."""
+    return getattr(_THREAD, "timeouts", 0)
+
+
+class _Call:
+    """One verify_many call on its checked-out workers: sends windows, reads verdicts, replaces
+    stuck or dead workers and honours the deadline."""
+
+    def __init__(
+        self,
+        pool: GradingPool,
+        workers: list[_Worker],
+        tasks: list[tuple[str, ...]],
+        deadline: float | None,
+    ) -> None:
+        self.pool, self.workers, self.tasks, self.deadline = pool, workers, tasks, deadline
+        self.results: list[bool | None] = [None] * len(tasks)
+        self.pending: deque[int] = deque(range(len(tasks)))
+        self.limit = pool.timeout_s * _load_factor()
+
+    def run(self) -> list[bool]:
+        while any(r is None for r in self.results):
+            now = time.monotonic()
+            if self.deadline is not None and now > self.deadline:
+                self._out_of_budget()
+                break
+            self._top_up()
+            self._read()
+            self._watch()
+        with self.pool._cond:
+            self.pool.stats["graded"] += len(self.tasks)
+        return [bool(r) for r in self.results]
+
+    def _send(self, worker: _Worker, task_id: int) -> bool:
+        task = self.tasks[task_id]
+        msg = {"i": task_id, "a": task[0], "g": task[1]}
+        if len(task) == 4:
+            msg.update(ra=task[2], rg=task[3])
         try:
             assert worker.proc.stdin is not None
-            worker.proc.stdin.write(line.encode())
+            worker.proc.stdin.write((json.dumps(msg) + "\n").encode())
             worker.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return False
@@ -157,69 +265,80 @@ class GradingPool:
         worker.inflight.append(task_id)
         return True
 
-    def _replace(
-        self, worker: _Worker, pending: deque[int], results: list[bool | None], kind: str
-    ) -> None:
-        """Kill ``worker``; its current task fails (``kind`` counted), the rest go back to pending."""
-        self._kill(worker)
+    def _top_up(self) -> None:
+        for worker in list(self.workers):  # top up the windows of ready workers
+            while worker.ready and self.pending and len(worker.inflight) < self.pool.window:
+                task = self.pending.popleft()
+                if not self._send(worker, task):
+                    self.pending.appendleft(task)
+                    self._replace(worker, "crashes")
+                    break
+
+    def _read(self) -> None:
+        fds = {w.proc.stdout.fileno(): w for w in self.workers if w.proc.stdout is not None}
+        readable, _, _ = select.select(list(fds), [], [], 0.05)
+        now = time.monotonic()
+        for fd in readable:
+            worker = fds[fd]
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:  # the worker died (memory limit, signal)
+                self._replace(worker, "crashes")
+                continue
+            worker.buffer += chunk
+            *lines, worker.buffer = worker.buffer.split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                if msg.get("ready"):
+                    worker.ready, worker.since = True, now
+                    self.pool._failed_starts = 0
+                    continue
+                self.results[worker.inflight.popleft()] = bool(msg["r"])
+                worker.since = now
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            limit = self.limit if worker.ready else self.pool.startup_timeout_s
+            if (worker.inflight or not worker.ready) and now - worker.since > limit:
+                if not worker.ready:
+                    log.warning("grading worker did not start within %.0f s; restarting", limit)
+                self._replace(worker, "timeouts")
+
+    def _replace(self, worker: _Worker, kind: str) -> None:
+        """Kill ``worker``; its current task fails (``kind`` counted), the rest of its window goes
+        back to pending."""
+        pool = self.pool
+        pool._kill(worker)
         if not worker.ready:
-            self._failed_starts += 1
-            if self._failed_starts >= 3:
+            pool._failed_starts += 1
+            if pool._failed_starts >= 3:
                 raise RuntimeError(
                     "grading workers fail to start (`python -m lit_align.rewards._worker`); "
                     "check that math-verify is installed in this environment"
                 )
-        self.stats[kind] += 1
-        self.stats["restarts"] += 1
+        pool._count("restarts")
         if worker.inflight:
-            results[worker.inflight.popleft()] = False
-        pending.extendleft(reversed(worker.inflight))
-        self._workers[self._workers.index(worker)] = self._spawn()
+            self.results[worker.inflight.popleft()] = False
+            pool._count(kind)
+        self.pending.extendleft(reversed(worker.inflight))
+        self.workers[self.workers.index(worker)] = pool._spawn()
 
-    def _run(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        results: list[bool | None] = [None] * len(pairs)
-        pending: deque[int] = deque(range(len(pairs)))
-        self._ensure_workers()
-        remaining = len(pairs)
-        while remaining:
-            for worker in list(self._workers):  # top up the windows of ready workers
-                while worker.ready and pending and len(worker.inflight) < self.window:
-                    task = pending.popleft()
-                    if not self._send(worker, task, pairs[task]):
-                        pending.appendleft(task)
-                        self._replace(worker, pending, results, "crashes")
-                        break
-            fds = {w.proc.stdout.fileno(): w for w in self._workers if w.proc.stdout is not None}
-            readable, _, _ = select.select(list(fds), [], [], 0.05)
-            now = time.monotonic()
-            for fd in readable:
-                worker = fds[fd]
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:  # the worker died (memory limit, signal)
-                    remaining -= 1 if worker.inflight else 0
-                    self._replace(worker, pending, results, "crashes")
-                    continue
-                worker.buffer += chunk
-                *lines, worker.buffer = worker.buffer.split(b"\n")
-                for line in lines:
-                    msg = json.loads(line)
-                    if msg.get("ready"):
-                        worker.ready, worker.since = True, now
-                        self._failed_starts = 0
-                        continue
-                    task = worker.inflight.popleft()
-                    results[task] = bool(msg["r"])
-                    remaining -= 1
-                    worker.since = now
-            for worker in list(self._workers):
-                limit = self.timeout_s if worker.ready else self.startup_timeout_s
-                if (worker.inflight or not worker.ready) and now - worker.since > limit:
-                    if not worker.ready:
-                        log.warning("grading worker did not start within %.0f s; restarting", limit)
-                    remaining -= 1 if worker.inflight else 0
-                    self._replace(worker, pending, results, "timeouts")
-        self.stats["graded"] += len(pairs)
-        return [bool(r) for r in results]
+    def _out_of_budget(self) -> None:
+        missing = [i for i, r in enumerate(self.results) if r is None]
+        for i in missing:
+            self.results[i] = False
+        self.pool._count("budget_timeouts", len(missing))
+        log.warning(
+            "grading budget ran out: %d of %d answers scored 0 (raise the budget, "
+            "LIT_ALIGN_GRADER_BUDGET_S, or the workers, LIT_ALIGN_GRADER_WORKERS)",
+            len(missing),
+            len(self.tasks),
+        )
+        for i, worker in enumerate(self.workers):  # busy ones hold stale tasks: start afresh
+            if worker.inflight:
+                self.pool._kill(worker)
+                self.pool._count("restarts")
+                self.workers[i] = self.pool._spawn()
 
 
 _POOL: GradingPool | None = None
@@ -238,8 +357,9 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 def get_pool() -> GradingPool:
     """The process-wide pool, created on first use and again in a forked child.
 
-    ``LIT_ALIGN_GRADER_WORKERS`` (default min(2, CPUs)) and ``LIT_ALIGN_GRADER_TIMEOUT_S``
-    (default 4) set its size and per-answer time limit.
+    ``LIT_ALIGN_GRADER_WORKERS`` (default min(2, CPUs)), ``LIT_ALIGN_GRADER_TIMEOUT_S``
+    (default 4) and ``LIT_ALIGN_GRADER_BUDGET_S`` (default 300, 0 for none) set the workers per
+    call, the per-answer limit and the budget of one batch.
     """
     global _POOL
     with _POOL_LOCK:
@@ -248,5 +368,6 @@ def get_pool() -> GradingPool:
             _POOL = GradingPool(
                 num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
                 timeout_s=float(os.environ.get("LIT_ALIGN_GRADER_TIMEOUT_S", "4")),
+                budget_s=float(os.environ.get("LIT_ALIGN_GRADER_BUDGET_S", "300")) or None,
             )
         return _POOL
