@@ -223,7 +223,6 @@ class RolloutDataModule(TaskDataModule):
         if (round_index, trainer.global_step) != self._round_key:  # a reload may ask twice
             self._new_round(trainer, round_index)
         W = trainer.world_size
-        W = trainer.world_size
         sampler = StepBatchSampler(
             self.buffer,
             self.train_batch_size // W,
