@@ -4,6 +4,7 @@ tokenizer and policy."""
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal
 
 import lightning as L
@@ -38,6 +39,19 @@ class PromptDataset(Dataset):
 
 def _as_list(batch: list[Any]) -> list[Any]:
     return batch
+
+
+def seeded_stream(items: list[Any], per_step: int, step: int, seed: int) -> list[Any]:
+    """The ``step``-th ``per_step`` items of an endless stream of seeded shuffled passes over
+    ``items`` (pass k shuffled by ``seed + k``): every item once per pass, in a new order each
+    pass, and the same items for the same step however the run was interrupted."""
+    chosen: list[Any] = []
+    while len(chosen) < per_step:
+        pass_index, offset = divmod(step * per_step + len(chosen), len(items))
+        order = list(range(len(items)))
+        random.Random(seed + pass_index).shuffle(order)
+        chosen.extend(items[i] for i in order[offset : offset + per_step - len(chosen)])
+    return chosen
 
 
 def default_evaluator(template: str) -> RewardEvaluator:

@@ -13,13 +13,13 @@ an SFT epoch over that kept set (the SFT collation, windows and resume of
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import replace
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lit_align.data.base import seeded_stream
 from lit_align.data.sft import SFTDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import end_of_response, stop_strings_for
@@ -109,15 +109,8 @@ class ExpertIterationDataModule(SFTDataModule):
     def step_questions(self, step: int, rank: int = 0, world_size: int = 1) -> list[Example]:
         """This rank's questions of an EI step: a seeded stream of shuffled passes."""
         assert self._questions is not None
-        n, per_step = len(self._questions), self.questions_per_step
-        chosen: list[Example] = []
-        while len(chosen) < per_step:
-            pass_index, offset = divmod(step * per_step + len(chosen), n)
-            order = list(range(n))
-            random.Random(self.seed * 7_919 + pass_index).shuffle(order)
-            chosen.extend(
-                self._questions[i] for i in order[offset : offset + per_step - len(chosen)]
-            )
+        per_step = self.questions_per_step
+        chosen = seeded_stream(self._questions, per_step, step, self.seed * 7_919)
         share = per_step // world_size
         return chosen[rank * share : (rank + 1) * share]
 

@@ -9,7 +9,6 @@ group advantages, filters) → a :class:`RolloutBuffer` served as micro-batches,
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from lit_align.advantages import BaselineType
-from lit_align.data.base import TaskDataModule
+from lit_align.data.base import TaskDataModule, seeded_stream
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.data.sources import Example
 from lit_align.data.templates import stop_strings_for
@@ -186,14 +185,7 @@ class RolloutDataModule(TaskDataModule):
         """This rank's prompts of a round: a seeded stream of shuffled passes over the prompts."""
         assert self._prompts is not None
         per_round = self.rollout_batch_size // self.group_size
-        start = round_index * per_round
-        chosen: list[Example] = []
-        while len(chosen) < per_round:
-            pass_index, offset = divmod(start + len(chosen), len(self._prompts))
-            order = list(range(len(self._prompts)))
-            random.Random(self.seed * 104_729 + pass_index).shuffle(order)
-            take = order[offset : offset + per_round - len(chosen)]
-            chosen.extend(self._prompts[i] for i in take)
+        chosen = seeded_stream(self._prompts, per_round, round_index, self.seed * 104_729)
         per_rank = per_round // world_size
         return chosen[rank * per_rank : (rank + 1) * per_rank]
 
