@@ -169,7 +169,7 @@ def grpo_microbatch_train_step(
     ``aggregation``, …) go to :func:`policy_loss`.
     """
     _check_steps(gradient_accumulation_steps)
-    # The reference exponentiates unclamped log-ratios; keep its numbers bit for bit.
+    # CS336 assignment 5 exponentiates unclamped log-ratios; keep its numbers bit for bit.
     loss_options.setdefault("log_ratio_clamp", None)
     loss_options.setdefault("kl_clamp", None)
     loss, metrics = policy_loss(

@@ -119,8 +119,8 @@ def compute_per_token_policy_loss(
         response_mask: (B, T), needed by ``gspo`` to average the log-ratio over response tokens.
         clip_ratio_c: dual clip (> 1) for the clipped types: where A < 0 the per-token loss is
             at most −c·A, however large the ratio (verl's ``clip_ratio_c``, e.g. 3); None: off.
-        log_ratio_clamp: clamp log π − log π_old to ±this before ``exp``; None (the reference
-            semantics, the default here): no clamp.
+        log_ratio_clamp: clamp log π − log π_old to ±this before ``exp``; None (CS336
+            assignment 5's semantics, the default here): no clamp.
 
     Returns:
         (loss (B, T), metadata) with, for ratio types, ``ratio`` (B, T) and bool masks ``clipped``,

@@ -89,7 +89,7 @@ def test_log_ratio_is_clamped_before_exp_in_the_loss_not_in_the_reference_api():
         logp, mask, "grpo_no_clip", advantages=adv, old_log_probs=old, log_ratio_clamp=None
     )
     assert free.item() == pytest.approx(math.exp(30), rel=1e-6)
-    # The reference API (compat) keeps the unclamped value bit for bit.
+    # CS336 assignment 5's API (compat) keeps the unclamped value bit for bit.
     ref, _ = grpo_microbatch_train_step(
         logp.clone().requires_grad_(), mask, 1, "grpo_no_clip", advantages=adv, old_log_probs=old
     )

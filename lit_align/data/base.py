@@ -5,16 +5,22 @@ tokenizer and policy."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.sources import Example, Layout, load_examples
-from lit_align.data.templates import TEMPLATE_NAMES, TemplateName, format_prompt
+from lit_align.data.templates import (
+    TEMPLATE_NAMES,
+    TemplateName,
+    format_prompt,
+    stop_strings_for,
+)
 from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
-from lit_align.rollout.base import RolloutEngine, check_weight_version
+from lit_align.rollout.base import RolloutEngine, SamplingConfig, check_weight_version
 from lit_align.rollout.factory import EngineConfig, build_engine
 from lit_align.rollout.weights import sync_weights
 
@@ -205,6 +211,22 @@ class TaskDataModule(L.LightningDataModule):
         self.check_trainer(trainer)
         for args in self.data_sources():
             self.load(*args)
+
+    def group_sampling(
+        self, given: SamplingConfig | None, group_size: int, unit: str
+    ) -> SamplingConfig:
+        """Sampling for groups of ``group_size`` samples per prompt: ``n`` is the group size and
+        the seed is derived per ``unit`` (round, step) from ``seed``, so neither may be set;
+        ``stop: None`` means the template's stop strings."""
+        given = given or SamplingConfig(temperature=1.0, max_new_tokens=1024, min_new_tokens=4)
+        if given.n not in (1, group_size) or given.seed != 0:
+            raise ValueError(
+                f"{type(self).__name__}: sampling.n and sampling.seed are derived (n = "
+                f"group_size, the sampling seed from seed and the {unit}); set group_size and "
+                "seed instead"
+            )
+        stop = stop_strings_for(self.template) if given.stop is None else list(given.stop)
+        return replace(given, n=group_size, stop=stop)
 
     def prompt_text(self, example: Example) -> str:
         if example.prompt is not None:

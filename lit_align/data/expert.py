@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from lit_align.data.base import seeded_stream
 from lit_align.data.sft import SFTDataModule
 from lit_align.data.sources import Example
-from lit_align.data.templates import end_of_response, stop_strings_for
+from lit_align.data.templates import end_of_response
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rounds import Round, run_round
 
@@ -42,8 +42,8 @@ class ExpertIterationDataModule(SFTDataModule):
         questions_per_step: questions sampled per step (D_b in the CS336 experiment: 512–2048).
         group_size: responses generated per question (G).
         epochs_per_step: SFT epochs over each step's kept set.
-        sampling: generation settings; ``n`` and ``seed`` are derived (n = group_size, the seed
-            from ``seed`` and the step), ``stop: null`` means the template's stop strings (the
+        sampling: generation settings; ``n`` and ``seed`` are derived (n = group_size, the
+            sampling seed from ``seed`` and the step), ``stop: null`` means the template's stop strings (the
             closing ``</answer>`` for r1_zero).
         keep_formatted_only: keep a correct response only when it is also well formatted.
         dedupe: keep one copy of identical responses to the same question.
@@ -75,14 +75,7 @@ class ExpertIterationDataModule(SFTDataModule):
         self.epochs_per_step = epochs_per_step
         self.keep_formatted_only = keep_formatted_only
         self.dedupe = dedupe
-        given = sampling or SamplingConfig(temperature=1.0, max_new_tokens=1024, min_new_tokens=4)
-        if given.n not in (1, group_size) or given.seed != 0:
-            raise ValueError(
-                "ExpertIterationDataModule: sampling.n and sampling.seed are derived (n = "
-                "group_size, the seed from seed and the step); set group_size and seed instead"
-            )
-        stop = stop_strings_for(self.template) if given.stop is None else list(given.stop)
-        self.sampling = replace(given, n=group_size, stop=stop)
+        self.sampling = self.group_sampling(sampling, group_size, "step")
         self._questions: list[Example] | None = None
         self._step_key: int | None = None  # the EI step whose kept set self._train holds
         self.round: Round | None = None  # the latest step's samples (callbacks read it)

@@ -21,7 +21,6 @@ from lit_align.advantages import BaselineType
 from lit_align.data.base import TaskDataModule, seeded_stream
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.data.sources import Example
-from lit_align.data.templates import stop_strings_for
 from lit_align.rollout.base import GenerationInterrupted, RolloutEngine, SamplingConfig
 from lit_align.rounds import AdvantageConfig, Round, run_round
 
@@ -103,14 +102,7 @@ class RolloutDataModule(TaskDataModule):
         self.buffer: RolloutBuffer | None = None
         self.round: Round | None = None  # the latest round (callbacks read its records, metrics)
         self._check_sizes(world_size=1)
-        given = sampling or SamplingConfig(temperature=1.0, max_new_tokens=1024, min_new_tokens=4)
-        if given.n not in (1, group_size) or given.seed != 0:
-            raise ValueError(
-                "RolloutDataModule: sampling.n and sampling.seed are derived (n = group_size, the "
-                "seed from seed and the round); set group_size and seed instead"
-            )
-        stop = stop_strings_for(self.template) if given.stop is None else list(given.stop)
-        self.sampling = replace(given, n=group_size, stop=stop)
+        self.sampling = self.group_sampling(sampling, group_size, "round")
 
     # ------------------------------------------------------------------ sizes
 
