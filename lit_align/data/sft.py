@@ -149,9 +149,10 @@ class SFTDataModule(TaskDataModule):
     Args:
         train_source: JSONL path, ``hf:NAME`` or ``synthetic:TASK`` (see ``lit_align.data.sources``).
         responses: ``given`` (the rows' responses) or ``reference`` (convert GSM8K/MATH reference
-            solutions into r1_zero responses, or the XML format for ``gsm8k_chat``).
+            solutions into r1_zero responses, or the XML format for ``gsm8k_chat``; rows that
+            carry a response, such as ``lit_align generate`` output, keep theirs).
         limit: seeded subset size of the training set (128, 256, …; None: all).
-        correct_only: keep only examples whose response's answer grades correct.
+        correct_only: keep only examples whose response grades correct (by the evaluator).
         micro_batch_size: examples per training micro-batch, per rank.
         batch_size: examples per optimizer step over all ranks; the trainer's
             ``accumulate_grad_batches`` is derived from it (batch_size / (micro_batch_size ×
@@ -220,7 +221,7 @@ class SFTDataModule(TaskDataModule):
         examples = self.load(*self.data_sources()[-1])
         if self.responses == "reference":
             style = "xml" if self.template == "gsm8k_chat" else "r1_zero"
-            examples = [reference_to_sft(e, style) for e in examples]
+            examples = [e if e.response else reference_to_sft(e, style) for e in examples]
         missing = sum(e.response is None for e in examples)
         if missing:
             raise ValueError(
@@ -229,7 +230,7 @@ class SFTDataModule(TaskDataModule):
             )
         if self.correct_only:
             before = len(examples)
-            examples = filter_correct(examples)
+            examples = filter_correct(examples, self.evaluator)
             self.stats["correct_only_dropped"] = before - len(examples)
         prompts = [self.prompt_text(e) for e in examples]
         responses = [e.response or "" for e in examples]

@@ -134,13 +134,17 @@ def _math_row(row: dict, where: str) -> Example:
 
 
 def _sft_row(row: dict, where: str) -> Example:
-    prompt = _need(row, "prompt", where, "SFT")
     response = _need(row, "response", where, "SFT")
     key = "ground_truth" if "ground_truth" in row else "answer"
     truth = _answer_text(row.get(key, ""), key, where)
-    return Example(
-        question=prompt, prompt=prompt, response=response, answer=truth if truth is not None else ""
-    )
+    truth = truth if truth is not None else ""
+    if "prompt" not in row and "question" in row:
+        # A bare question (``lit_align generate`` writes these): the training template formats
+        # it, so the pair fits the trained model's chat format, not the generator's.
+        question = _need(row, "question", where, "SFT")
+        return Example(question=question, response=response, answer=truth)
+    prompt = _need(row, "prompt", where, "SFT")
+    return Example(question=prompt, prompt=prompt, response=response, answer=truth)
 
 
 _PARSERS: dict[str, Callable[[dict, str], Example]] = {
@@ -151,7 +155,7 @@ _PARSERS: dict[str, Callable[[dict, str], Example]] = {
 
 
 def _detect(row: dict, where: str) -> str:
-    if "prompt" in row and "response" in row:
+    if "response" in row and ("prompt" in row or "question" in row):
         return "sft"
     if "problem" in row:
         return "math"
@@ -159,7 +163,8 @@ def _detect(row: dict, where: str) -> str:
         return "gsm8k"
     raise DataError(
         f"{where}: cannot tell the layout from fields {sorted(row)}; expected GSM8K (question, "
-        "answer), MATH (problem, answer/solution) or SFT (prompt, response); set layout explicitly"
+        "answer), MATH (problem, answer/solution) or SFT (prompt or question, response); set "
+        "layout explicitly"
     )
 
 
@@ -349,15 +354,25 @@ def subset(examples: Sequence[Example], limit: int | None, seed: int = 0) -> lis
     return [examples[i] for i in indices]
 
 
-def filter_correct(examples: Sequence[Example]) -> list[Example]:
-    """Keep SFT examples whose response's r1_zero answer grades correct against the row's answer."""
-    from lit_align.rewards.formats import r1_zero_rewards
+def filter_correct(examples: Sequence[Example], evaluator: Any = None) -> list[Example]:
+    """Keep SFT examples whose response grades correct against the row's answer.
 
+    Args:
+        examples: rows with responses (rows without a response or an answer are dropped).
+        evaluator: a :class:`~lit_align.rewards.evaluators.RewardEvaluator` for the responses'
+            format (None: the r1_zero format's rewards).
+    """
     candidates = [e for e in examples if e.response is not None and e.answer not in ("", [])]
-    rewards = r1_zero_rewards(
-        [e.response or "" for e in candidates], [e.answer for e in candidates]
-    )
-    return [e for e, r in zip(candidates, rewards, strict=True) if r["reward"] == 1.0]
+    responses = [e.response or "" for e in candidates]
+    answers = [e.answer for e in candidates]
+    if evaluator is None:
+        from lit_align.rewards.formats import r1_zero_rewards
+
+        correct = [r["reward"] == 1.0 for r in r1_zero_rewards(responses, answers)]
+    else:
+        scores, _ = evaluator.compute_rewards([e.question for e in candidates], responses, answers)
+        correct = [evaluator.is_correct(row) for row in evaluator.breakdown(scores)]
+    return [e for e, ok in zip(candidates, correct, strict=True) if ok]
 
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rollout.base import SamplingConfig
+from lit_align.rollout.openai_api import OpenAICompatibleEngine
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +149,13 @@ class LocalJudge:
         return list(self.generate(list(prompts)))
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Never follow a redirect: urllib would resend the request, ``Authorization`` header
-    included, to whatever origin the ``Location`` names."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise urllib.error.HTTPError(
-            req.full_url, code, f"redirect to {newurl} refused (credentials stay here)", headers, fp
-        )
-
-
-_OPENER = urllib.request.build_opener(_RefuseRedirects)
-
-
 class OpenAIChatJudge:
     """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM ``serve``, llama.cpp, …).
+
+    A thin judge face of :class:`~lit_align.rollout.openai_api.OpenAICompatibleEngine`: one
+    reply per story, None for a request that failed after its retries (scored
+    ``fallback_score`` and counted). A refused key, an unknown model or URL and redirects raise
+    :class:`~lit_align.rollout.openai_api.APIError` instead: they would fail every request.
 
     Args:
         base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
@@ -176,8 +164,6 @@ class OpenAIChatJudge:
             the key is never stored in the config, logged or saved). ``None`` sends no key.
         max_concurrency: requests in flight at once.
         max_retries: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
-            Redirects are never followed (the key would go to the redirect's origin): a 3xx is
-            a failure naming the redirect target; point base_url at the final address.
         timeout_s: per-request timeout.
         backoff_s: first retry delay; doubles each retry (with jitter).
         temperature: judge sampling temperature.
@@ -198,83 +184,29 @@ class OpenAIChatJudge:
         max_tokens: int = 256,
         system_prompt: str | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
-        self.timeout_s = timeout_s
-        self.backoff_s = backoff_s
-        self.temperature = temperature
-        self.max_tokens = max_tokens
+        self.engine = OpenAICompatibleEngine(
+            base_url,
+            model,
+            endpoint="chat",
+            api_key_env=api_key_env,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+        )
+        self.sampling = SamplingConfig(n=1, temperature=temperature, max_new_tokens=max_tokens)
         self.system_prompt = system_prompt
-        self.stats = {"requests": 0, "retries": 0, "failures": 0}
-        if api_key_env and not os.environ.get(api_key_env):
-            log.warning(
-                "judge: environment variable %s is not set; requests carry no API key", api_key_env
-            )
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _request(self, prompt: str) -> str | None:
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-            }
-        ).encode()
-        for attempt in range(self.max_retries + 1):
-            self.stats["requests"] += 1
-            request = urllib.request.Request(
-                self.url, data=body, headers=self._headers(), method="POST"
-            )
-            try:
-                with _OPENER.open(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())
-                return str(reply["choices"][0]["message"]["content"])
-            except urllib.error.HTTPError as err:
-                retryable = err.code == 429 or err.code >= 500 or err.code == 408
-                log.warning(
-                    "judge: HTTP %d from %s (attempt %d): %s",
-                    err.code,
-                    self.url,
-                    attempt + 1,
-                    err.msg,
-                )
-                if not retryable:
-                    break
-            except (
-                urllib.error.URLError,
-                TimeoutError,
-                OSError,
-                ValueError,
-                KeyError,
-                IndexError,
-            ) as err:
-                log.warning(
-                    "judge: %s from %s (attempt %d)", type(err).__name__, self.url, attempt + 1
-                )
-            if attempt < self.max_retries:
-                self.stats["retries"] += 1
-                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
-        self.stats["failures"] += 1
-        return None
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats
 
     def complete(self, prompts: Sequence[str]) -> list[str | None]:
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(self._request, prompts))
+        head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        results = self.engine.generate_texts(
+            [[*head, {"role": "user", "content": p}] for p in prompts], self.sampling
+        )
+        return [r[0].text if isinstance(r, list) else None for r in results]
 
 
 def discrimination_metrics(

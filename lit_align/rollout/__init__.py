@@ -1,5 +1,6 @@
 """Rollout engines: the :class:`RolloutEngine` protocol, :class:`HFEngine`, the engine factory and
-weight sync; the vLLM engine (``lit_align.rollout.vllm``) is imported only when built."""
+weight sync; text-level engines (:class:`LocalTextEngine`, :class:`OpenAICompatibleEngine` for
+OpenAI-compatible endpoints); the vLLM engine (``lit_align.rollout.vllm``) is imported only when built."""
 
 from lit_align.rollout.base import (
     Completion,
@@ -11,16 +12,24 @@ from lit_align.rollout.base import (
 )
 from lit_align.rollout.factory import EngineConfig, build_engine
 from lit_align.rollout.hf import HFEngine
+from lit_align.rollout.openai_api import APIError, OpenAICompatibleEngine
+from lit_align.rollout.text import LocalTextEngine, RequestFailed, TextEngine, TextSample
 from lit_align.rollout.weights import full_state_items, max_logprob_gap, sync_weights
 
 __all__ = [
+    "APIError",
     "Completion",
     "EngineConfig",
     "GenerationInterrupted",
     "HFEngine",
+    "LocalTextEngine",
+    "OpenAICompatibleEngine",
+    "RequestFailed",
     "RolloutEngine",
     "SamplingConfig",
     "StaleWeightsError",
+    "TextEngine",
+    "TextSample",
     "build_engine",
     "check_weight_version",
     "full_state_items",

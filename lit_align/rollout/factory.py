@@ -8,7 +8,7 @@ from typing import Any, Literal
 from lit_align.rollout.base import RolloutEngine
 from lit_align.rollout.weights import full_state_items
 
-__all__ = ["EngineConfig", "build_engine"]
+__all__ = ["EngineConfig", "build_engine", "engine_for_model"]
 
 
 @dataclass
@@ -78,6 +78,33 @@ def build_engine(
             path = _save_for_vllm(model, tokenizer)
         return VLLMEngine.from_config(config, path, tokenizer, progress=progress)
     raise ValueError(f"unknown engine backend {config.backend!r}; accepted values: hf, vllm")
+
+
+def engine_for_model(
+    model: str, config: EngineConfig, dtype: str = "auto", progress: bool = True
+) -> tuple[RolloutEngine, Any]:
+    """An engine and its tokenizer for a model named on the command line (``lit_align eval``,
+    ``lit_align generate``): vLLM loads the weights itself (only the tokenizer is loaded here);
+    the HF engine gets the model, on the GPU when there is one.
+
+    Args:
+        model: hub id, local directory or ``tiny:…``.
+        config: the engine's settings.
+        dtype: the HF model's dtype.
+        progress: show the engine's progress bar.
+    """
+    import torch
+
+    from lit_align.models import load_model_and_tokenizer, load_tokenizer
+
+    policy: Any = None
+    if config.backend == "vllm" and not model.startswith("tiny"):
+        tokenizer = load_tokenizer(model)
+    else:
+        policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+        if config.backend == "hf" and torch.cuda.is_available():
+            policy = policy.cuda()
+    return build_engine(config, policy, tokenizer, model, progress=progress), tokenizer
 
 
 def _save_for_vllm(model: Any, tokenizer: Any) -> str:
