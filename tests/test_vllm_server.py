@@ -8,8 +8,6 @@ Marked `vllm` and `slow` (the server starts in ~20 s; the whole file takes ~2 mi
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,72 +17,18 @@ import pytest
 
 from lit_align.rewards.formats import r1_zero_rewards
 from lit_align.rollout import APIError, OpenAICompatibleEngine, SamplingConfig
+from tests.vllm_server import scrubbed_env, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrubbed_env(**extra: str) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
-
-
 @pytest.fixture(scope="module")
 def server(smollm2, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(smollm2),
-        "--served-model-name",
-        "smollm2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--kv-cache-memory-bytes",
-        str(256 * 2**20),
-        "--max-model-len",
-        "1024",
-        "--enforce-eager",
-        # vLLM 0.32 on CPU: a seeded request whose prefill is split crashes the engine.
-        "--no-enable-chunked-prefill",
-    ]
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=_scrubbed_env()
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with OpenAICompatibleEngine(url, "smollm2") as probe:
-                    probe.check()
-                break
-            except APIError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text()[-3000:]
-                    raise RuntimeError(f"vLLM server did not start:\n{tail}") from None
-                time.sleep(1)
+    with vllm_server(smollm2, "smollm2", log) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _repeat_question(n: int) -> str:
@@ -139,9 +83,7 @@ def test_generate_writes_a_dataset_that_sft_trains_on(server, smollm2, tmp_path)
         "--progress=false",
     ]
     start = time.monotonic()
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=_scrubbed_env(), cwd=tmp_path
-    )
+    done = subprocess.run(command, capture_output=True, text=True, env=scrubbed_env(), cwd=tmp_path)
     seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
@@ -170,8 +112,33 @@ def test_generate_writes_a_dataset_that_sft_trains_on(server, smollm2, tmp_path)
         "--trainer.val_check_interval=null",
         "--trainer.enable_progress_bar=false",
     ]
-    done = subprocess.run(fit, capture_output=True, text=True, env=_scrubbed_env(), cwd=tmp_path)
+    done = subprocess.run(fit, capture_output=True, text=True, env=scrubbed_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "sft_gsm8k" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "hf_model" / "config.json").exists() or any(run.glob("**/config.json"))
+
+
+def test_generate_with_an_in_process_vllm_engine(smollm2, tmp_path):
+    from lit_align.commands import run_generate
+
+    data = tmp_path / "repeat.jsonl"
+    rows = [{"problem": _repeat_question(n), "answer": str(n)} for n in (5, 47, 230, 3051)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    totals = run_generate(
+        str(data),
+        str(tmp_path / "self.jsonl"),
+        str(smollm2),
+        backend="vllm",
+        template="demo",
+        max_new_tokens=40,
+        dtype="float32",
+        kv_cache_memory_bytes=256 * 2**20,
+        max_model_len=1024,
+        enforce_eager=True,
+        progress=False,
+    )
+    assert totals["questions"] == 4 and totals["kept"] >= 3 and totals["api_errors"] == 0
+    kept = [json.loads(x) for x in (tmp_path / "self.jsonl").read_text().splitlines()]
+    assert all(r["provenance"]["backend"] == "vllm" for r in kept)
+    assert all(r["response"].endswith("</answer>") for r in kept)  # stop string kept
