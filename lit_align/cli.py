@@ -5,6 +5,7 @@
   saved in each run directory.
 - ``lit_align eval`` and ``lit_align generate``: functions of :mod:`lit_align.commands` behind
   jsonargparse (evaluation; SFT data from sampled, graded, kept answers).
+- ``lit_align sweep`` (:mod:`lit_align.sweep`) and ``lit_align report`` (:mod:`lit_align.report`).
 """
 
 from __future__ import annotations
@@ -154,6 +155,46 @@ def _generate(args: list[str]) -> None:
     CLI(run_generate, args=args[1:], as_positional=False)
 
 
+def _sweep(args: list[str]) -> None:
+    import argparse
+
+    from lit_align.sweep import run_sweep
+
+    parser = argparse.ArgumentParser(prog="lit_align sweep", description=_SUBCOMMANDS["sweep"][1])
+    parser.add_argument("--config", required=True, help="the sweep file (see lit_align.sweep)")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--only", nargs="+", help="run only the points with these names")
+    ns = parser.parse_args(args[1:])
+    failed = run_sweep(ns.config, dry_run=ns.dry_run, only=ns.only)
+    if failed:
+        raise SystemExit(1)
+
+
+def _report(args: list[str]) -> None:
+    import argparse
+
+    from lit_align.report import KINDS, run_report
+
+    parser = argparse.ArgumentParser(prog="lit_align report", description=_SUBCOMMANDS["report"][1])
+    parser.add_argument(
+        "paths", nargs="+", help="run directories, folders of runs, sweep directories"
+    )
+    parser.add_argument(
+        "--kind", nargs="+", choices=KINDS, help="figure kinds (default: all the runs allow)"
+    )
+    parser.add_argument(
+        "--x", choices=("step", "time", "both"), default="both", help="comparison x axis"
+    )
+    parser.add_argument("--metrics", nargs="+", help="comparison metrics (TensorBoard tags)")
+    parser.add_argument("--smooth", type=float, default=0.0, help="comparison EMA weight in [0, 1)")
+    parser.add_argument("--output", help="output folder (default: PATH/report for one path)")
+    ns = parser.parse_args(args[1:])
+    report = run_report(ns.paths, ns.kind, ns.x, ns.metrics, ns.smooth, ns.output)
+    print(
+        f"{len(report.runs)} runs; wrote {len(report.figures)} figures and {report.output / 'report.md'}"
+    )
+
+
 def _usage(args: list[str]) -> None:
     lines = [f"  {name:<10} {text}" for name, (_, text) in _SUBCOMMANDS.items() if text]
     print(
@@ -179,6 +220,8 @@ _SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
         "sample, grade, keep the correct answers as SFT data: lit_align generate --backend "
         "openai|vllm|hf --model MODEL --data DATA --output OUT.jsonl [options]",
     ),
+    "sweep": (_sweep, "a grid of fit runs: lit_align sweep --config SWEEP.yaml [--dry_run]"),
+    "report": (_report, "figures + report.md from runs: lit_align report RUN_OR_SWEEP_DIR..."),
     "--version": (_version, "print the version"),
     "--help": (_usage, ""),
     "-h": (_usage, ""),

@@ -11,7 +11,8 @@ import yaml
 from lit_align.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+SWEEPS = sorted([*(ROOT / "configs" / "sweeps").glob("*.yaml"), ROOT / "configs/demo/sweep.yaml"])
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(SWEEPS))
 
 
 def _config_args(config: Path) -> list[str]:
@@ -123,6 +124,23 @@ def test_every_config_parses(config, capsys):
                 assert got == want, (where, got, want)
 
         check(overlay, merged, "")
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=[str(c.relative_to(ROOT)) for c in SWEEPS])
+def test_every_sweep_point_parses_with_its_overrides(sweep, capsys):
+    from lit_align.sweep import command, load_sweep
+
+    for point in load_sweep(sweep).points:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *command(load_sweep(sweep), point, resume=False)[4:], "--print_config"])
+        assert exit_info.value.code in (None, 0), point.name
+        merged = yaml.safe_load(capsys.readouterr().out)
+        for key, value in point.overrides.items():
+            node = merged
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, (point.name, key, node, value)
+        assert merged["trainer"]["logger"]["init_args"]["name"] == point.name
 
 
 def test_cli_help_and_unknown_subcommand(capsys):
