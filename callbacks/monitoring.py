@@ -27,16 +27,20 @@ def _latest_round(trainer: L.Trainer) -> Round | None:
 
 class GenerationSamples(L.Callback):
     """Write a few of each round's rollouts (prompt, response, ground truth, rewards, entropy) as
-    TensorBoard text, under ``rollout/sample_*``.
+    TensorBoard text, under ``rollout/sample_*``, and append them to ``samples.jsonl`` in the run
+    directory (one record per line, with ``step`` and ``round``), so how the responses change over
+    training can be read, or compared early vs late.
 
     Args:
         num_samples: rollouts written per round.
         every_n_rounds: write every n-th round.
+        jsonl: also write ``samples.jsonl``.
     """
 
-    def __init__(self, num_samples: int = 4, every_n_rounds: int = 1) -> None:
+    def __init__(self, num_samples: int = 4, every_n_rounds: int = 1, jsonl: bool = True) -> None:
         self.num_samples = num_samples
         self.every_n_rounds = max(1, every_n_rounds)
+        self.jsonl = jsonl
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         latest = _latest_round(trainer)
@@ -49,6 +53,14 @@ class GenerationSamples(L.Callback):
             log_generations(
                 records, writer, trainer.global_step, self.num_samples, "rollout", scalars=False
             )
+            if self.jsonl and trainer.log_dir:
+                import json
+                from pathlib import Path
+
+                keep = {"step": trainer.global_step, "round": trainer.current_epoch}
+                with open(Path(trainer.log_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
+                    for record in records[: self.num_samples]:
+                        f.write(json.dumps({**keep, **record}, default=str) + "\n")
 
 
 class Throughput(L.Callback):

@@ -195,6 +195,14 @@ def _report(args: list[str]) -> None:
     )
 
 
+def _judge_check(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_align.judge_check import run_judge_check
+
+    CLI(run_judge_check, args=args[1:], as_positional=False)
+
+
 def _usage(args: list[str]) -> None:
     lines = [f"  {name:<10} {text}" for name, (_, text) in _SUBCOMMANDS.items() if text]
     print(
@@ -222,6 +230,10 @@ _SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     ),
     "sweep": (_sweep, "a grid of fit runs: lit_align sweep --config SWEEP.yaml [--dry_run]"),
     "report": (_report, "figures + report.md from runs: lit_align report RUN_OR_SWEEP_DIR..."),
+    "judge-check": (
+        _judge_check,
+        "how well a judge separates stories: lit_align judge-check --base_url URL --model M",
+    ),
     "--version": (_version, "print the version"),
     "--help": (_usage, ""),
     "-h": (_usage, ""),

@@ -142,3 +142,18 @@ def test_generate_with_an_in_process_vllm_engine(smollm2, tmp_path):
     kept = [json.loads(x) for x in (tmp_path / "self.jsonl").read_text().splitlines()]
     assert all(r["provenance"]["backend"] == "vllm" for r in kept)
     assert all(r["response"].endswith("</answer>") for r in kept)  # stop string kept
+
+
+def test_judge_check_on_a_small_real_judge(server, capsys):
+    """SmolLM2-135M as the judge: schema-constrained replies parse, but it barely tells the
+    shipped good, flat and repetitive stories apart (judge-check says so)."""
+    from lit_align.judge_check import run_judge_check
+
+    report = run_judge_check(
+        backend="openai", base_url=server, model="smollm2", structured=True, repeats=2,
+        max_tokens=48,
+    )  # fmt: skip
+    print(capsys.readouterr().out)
+    assert report["unparseable"] == 0 and report["failed_requests"] == 0
+    assert report["replies"] == 18
+    assert report["score_std"] < 0.5  # measured: 3 for every story (std 0), and a warning

@@ -64,6 +64,11 @@ def default_evaluator(template: str) -> RewardEvaluator:
     """The evaluator that grades a template's answer format."""
     if template == "gsm8k_chat":
         return GSM8kEvaluator()
+    if template in ("story", "story_chat"):
+        raise ValueError(
+            f"template {template!r} has no verifier: set data.init_args.evaluator to a "
+            "lit_align.rewards.JudgeEvaluator (see configs/grpo_creative.yaml)"
+        )
     return MathEvaluator("question_only" if template == "question_only" else "r1_zero")
 
 

@@ -86,6 +86,8 @@ class RolloutDataModule(TaskDataModule):
         self.train_source = train_source
         self.limit = limit
         self.group_size = group_size
+        if hasattr(self.evaluator, "group_size") and self.evaluator.group_size is None:
+            self.evaluator.group_size = group_size  # the judge's within-group metrics need it
         self.rollout_batch_size = rollout_batch_size
         self.train_batch_size = train_batch_size
         self.micro_batch_size = micro_batch_size
@@ -279,7 +281,9 @@ class RolloutDataModule(TaskDataModule):
             f"{self.group_size} samples scored the same reward (rollout/zero_variance_group_frac "
             "≥ 0.99), so every advantage and gradient is zero. Usual fixes: start from an SFT "
             "warm start that already writes the answer format, give partial credit for the "
-            "format (reward shaping), raise group_size or sampling.temperature."
+            "format (reward shaping), raise group_size or sampling.temperature. With an LLM judge: "
+            "it scores a group's responses alike; measure it with lit_align judge-check, and try "
+            "structured replies, judge samples > 1 at a temperature, or a stronger judge."
         )
         rank_zero_warn(message)
         if self.stop_on_zero_signal:

@@ -8,7 +8,9 @@ A source is one string, so configs stay short:
   ``ground_truth``/``answer``; the prompt is used as written);
 - ``hf:NAME`` — a Hugging Face hub dataset through the ``datasets`` library (online users);
 - ``synthetic:addition`` / ``synthetic:copy`` — small tasks generated in code, deterministic by
-  seed, that tiny CPU models can learn (demos and tests).
+  seed, that tiny CPU models can learn (demos and tests);
+- ``creative:opening_lines`` — the shipped story opening lines (question and answer are the line:
+  a judge reward reads it from the answer).
 """
 
 from __future__ import annotations
@@ -325,6 +327,14 @@ def load_examples(
         raise ValueError(f"unknown layout {layout!r}; accepted values: auto, {', '.join(_PARSERS)}")
     if source.startswith("synthetic:"):
         examples = make_synthetic(source.removeprefix("synthetic:"), size, seed, max_operand)
+    elif source.startswith("creative:"):
+        from lit_align.data.creative import load_opening_lines
+
+        if source != "creative:opening_lines":
+            raise ValueError(
+                f"unknown creative source {source!r}; accepted: creative:opening_lines"
+            )
+        examples = [Example(question=line, answer=line) for line in load_opening_lines()]
     else:
         if source.startswith("hf:"):
             rows: Iterable[tuple[str, Any]] = _hf_rows(source.removeprefix("hf:"), split, hf_config)
@@ -332,7 +342,8 @@ def load_examples(
             path = Path(source).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"data source {source!r} is not a file; give a JSONL path, hf:NAME or synthetic:TASK"
+                    f"data source {source!r} is not a file; give a JSONL path, hf:NAME, synthetic:TASK or "
+                    "creative:opening_lines"
                 )
             rows = _jsonl_rows(path)
         examples = _parse_rows(rows, layout, on_error, source)

@@ -1,4 +1,6 @@
-"""Prompt templates: r1_zero, question_only, the GSM8K system-prompt chat format, and a short demo one.
+"""Prompt templates: r1_zero, question_only, the GSM8K system-prompt chat format, a short demo one,
+and the story prompts (``story``: text that starts the story with its opening line, for tiny
+models; ``story_chat``: the request as a chat message).
 
 The r1_zero and question_only texts are the project's copies of the CS336 prompt files
 (``lit_align/data/prompts/``). Chat templates go through the tokenizer's own chat template.
@@ -19,7 +21,7 @@ __all__ = [
     "stop_strings_for",
 ]
 
-TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo"]
+TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo", "story", "story_chat"]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
 # The reasoning/answer XML format, asked for in the system prompt.
@@ -48,6 +50,21 @@ def _demo(question: str, tokenizer: Any) -> str:
     return DEMO_TEMPLATE.format(question=question)
 
 
+def _story(question: str, tokenizer: Any) -> str:
+    from lit_align.data.creative import STORY_PROMPT
+
+    return STORY_PROMPT.format(opening_line=question) + " " + question
+
+
+def _story_chat(question: str, tokenizer: Any) -> str:
+    from lit_align.data.creative import STORY_PROMPT
+
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template 'story_chat' needs a tokenizer with a chat template")
+    messages = [{"role": "user", "content": STORY_PROMPT.format(opening_line=question)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def _gsm8k_chat(question: str, tokenizer: Any) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("template 'gsm8k_chat' needs a tokenizer with a chat template")
@@ -63,6 +80,8 @@ _TEMPLATES: dict[str, Callable[[str, Any], str]] = {
     "question_only": _question_only,
     "gsm8k_chat": _gsm8k_chat,
     "demo": _demo,
+    "story": _story,
+    "story_chat": _story_chat,
 }
 
 # Where generation stops (the stop string is kept in the output, as vLLM's include_stop_str_in_output keeps it).
@@ -71,6 +90,8 @@ _STOPS: dict[str, list[str]] = {
     "question_only": [],
     "gsm8k_chat": [],
     "demo": ["</answer>"],
+    "story": ["\n\n"],  # one paragraph
+    "story_chat": [],
 }
 
 
@@ -85,7 +106,9 @@ def format_prompt(template: TemplateName, question: str, tokenizer: Any = None) 
     return _TEMPLATES[template](question, tokenizer)
 
 
-CHAT_TEMPLATES = frozenset({"gsm8k_chat"})  # formatted by the tokenizer's chat template
+CHAT_TEMPLATES = frozenset(
+    {"gsm8k_chat", "story_chat"}
+)  # formatted by the tokenizer's chat template
 
 
 def end_of_response(template: TemplateName, tokenizer: Any) -> str:

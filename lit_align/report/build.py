@@ -224,6 +224,42 @@ def _sft_vs_rl(report: Report) -> None:
     )
 
 
+def _cell(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return (text[:limit] + "…" if len(text) > limit else text).replace("|", "\\|")
+
+
+def _samples(report: Report, per_round: int = 2) -> None:
+    """Early vs late samples of runs that wrote ``samples.jsonl`` (GenerationSamples)."""
+    import json
+
+    lines = []
+    for run in report.runs:
+        path = run.dir / "samples.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+        rounds = sorted({r["round"] for r in rows})
+        if len(rounds) < 2:
+            continue
+        early = [r for r in rows if r["round"] == rounds[0]][:per_round]
+        late = [r for r in rows if r["round"] == rounds[-1]][:per_round]
+        lines += [
+            f"### {run.name}",
+            "",
+            f"| early (round {rounds[0]}) | late (round {rounds[-1]}) |",
+            "|---|---|",
+            *(
+                f"| {_cell(a['response'])} (reward {a.get('reward', 0):.2f}) | "
+                f"{_cell(b['response'])} (reward {b.get('reward', 0):.2f}) |"
+                for a, b in zip(early, late, strict=False)
+            ),
+            "",
+        ]
+    if lines:
+        report.sections.append("\n".join(["## Samples, early and late", "", *lines]))
+
+
 def _auto_kinds(runs: list[Run]) -> list[str]:
     kinds = ["curves"]
     if len(runs) > 1:
@@ -278,6 +314,7 @@ def run_report(
     }
     for kind in chosen:
         makers[kind]()
+    _samples(report)
     columns = [("run", "run"), ("module", "module"), ("parameters", "parameters"), ("steps", "steps"),
                ("wall_min", "wall (min)"), ("final_accuracy", "final val accuracy"),
                ("best_accuracy", "best val accuracy"), ("best_step", "step of best"),

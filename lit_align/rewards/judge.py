@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rewards.story_checks import CHECKS
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.openai_api import OpenAICompatibleEngine
 
@@ -134,9 +136,15 @@ def parse_scores(
 
 
 class JudgeBackend(Protocol):
-    """Anything that answers a batch of judge prompts (None for a failed request)."""
+    """Anything that answers a batch of judge prompts (None for a failed request).
 
-    def complete(self, prompts: Sequence[str]) -> list[str | None]: ...
+    ``json_schema``: a JSON schema the reply must follow, for endpoints that constrain decoding
+    (OpenAI's and vLLM's ``response_format``); backends that cannot ignore it.
+    """
+
+    def complete(
+        self, prompts: Sequence[str], json_schema: dict[str, Any] | None = None
+    ) -> list[str | None]: ...
 
 
 class LocalJudge:
@@ -145,7 +153,9 @@ class LocalJudge:
     def __init__(self, generate: Callable[[list[str]], list[str]]) -> None:
         self.generate = generate
 
-    def complete(self, prompts: Sequence[str]) -> list[str | None]:
+    def complete(
+        self, prompts: Sequence[str], json_schema: dict[str, Any] | None = None
+    ) -> list[str | None]:
         return list(self.generate(list(prompts)))
 
 
@@ -196,16 +206,28 @@ class OpenAIChatJudge:
         )
         self.sampling = SamplingConfig(n=1, temperature=temperature, max_new_tokens=max_tokens)
         self.system_prompt = system_prompt
+        self.last_tokens = 0  # completion tokens of the last batch (where the server reports them)
 
     @property
     def stats(self) -> dict[str, int]:
         return self.engine.stats
 
-    def complete(self, prompts: Sequence[str]) -> list[str | None]:
+    def complete(
+        self, prompts: Sequence[str], json_schema: dict[str, Any] | None = None
+    ) -> list[str | None]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        extra = None
+        if json_schema is not None:
+            extra = {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "scores", "schema": json_schema, "strict": True},
+                }
+            }
         results = self.engine.generate_texts(
-            [[*head, {"role": "user", "content": p}] for p in prompts], self.sampling
+            [[*head, {"role": "user", "content": p}] for p in prompts], self.sampling, extra
         )
+        self.last_tokens = sum(s.tokens or 0 for r in results if isinstance(r, list) for s in r)
         return [r[0].text if isinstance(r, list) else None for r in results]
 
 
@@ -229,7 +251,7 @@ def discrimination_metrics(
 
 
 class JudgeEvaluator(RewardEvaluator):
-    """Rewards from an LLM judge; the reward is the mean of the criteria scores.
+    """Rewards from an LLM judge: the mean of the criteria scores, plus optional rule checks.
 
     Args:
         backend: an :class:`OpenAIChatJudge`, a :class:`LocalJudge` or any :class:`JudgeBackend`.
@@ -242,6 +264,17 @@ class JudgeEvaluator(RewardEvaluator):
             event is counted in ``judge_unparseable``); the scale's middle by default, so a broken
             reply neither rewards nor punishes the sample much.
         group_size: samples per prompt, for the within-group discrimination metrics.
+        structured: ask the endpoint for JSON following a schema of the criteria (integers from
+            low to high; OpenAI's and vLLM's ``response_format``); replies are parsed either way.
+        samples: judge each story this many times and average the parseable scores (a judge at
+            temperature > 0 then gives finer, steadier grades); a story with no parseable reply
+            gets ``fallback_score``.
+        prepend_opening: judge ``opening line + completion`` (for prompts that end with the line,
+            like the ``story`` template) instead of the completion alone.
+        checks: rule components added to the reward (weight 1 each): ``starts_with_line`` (bonus
+            1), ``repetition`` (minus the fraction of repeated word trigrams), ``length`` (minus the
+            words beyond ``max_words``, relative). Judges reward length; these keep it in check.
+        max_words: the ``length`` check's budget.
     """
 
     def __init__(
@@ -253,21 +286,39 @@ class JudgeEvaluator(RewardEvaluator):
         high: float = 5.0,
         fallback_score: float | None = None,
         group_size: int | None = None,
+        structured: bool = False,
+        samples: int = 1,
+        prepend_opening: bool = False,
+        checks: Sequence[str] = (),
+        max_words: int = 150,
     ) -> None:
         if not criteria:
             raise ValueError("criteria must name at least one criterion")
         if low >= high:
             raise ValueError(f"low ({low}) must be below high ({high})")
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        unknown = [c for c in checks if c not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown checks {unknown}; accepted values: {', '.join(CHECKS)}")
         self.backend = backend
         self.criteria = tuple(c.lower() for c in criteria)
-        self.component_names = self.criteria
-        self.total_weights = tuple(1.0 / len(self.criteria) for _ in self.criteria)
+        self.checks = tuple(checks)
+        self.component_names = (*self.criteria, *self.checks)
+        self.total_weights = (
+            *(1.0 / len(self.criteria) for _ in self.criteria),
+            *(1.0 for _ in self.checks),
+        )
         self.rubric = rubric
         self.low, self.high = low, high
         self.fallback_score = (low + high) / 2 if fallback_score is None else fallback_score
         self.group_size = group_size
+        self.structured, self.samples = structured, samples
+        self.prepend_opening, self.max_words = prepend_opening, max_words
         self.unparseable_total = 0
-        self._last_unparseable = 0
+        self.last_batch: dict[
+            str, float
+        ] = {}  # the last call: unparseable, failed, latency, tokens
 
     def judge_prompt(self, opening_line: str, story: str) -> str:
         example = json.dumps({c: int(self.low + self.high) // 2 for c in self.criteria})
@@ -280,34 +331,69 @@ class JudgeEvaluator(RewardEvaluator):
             example=example,
         )
 
+    def json_schema(self) -> dict[str, Any]:
+        """The reply schema: one integer from low to high per criterion."""
+        score = {"type": "integer", "minimum": int(self.low), "maximum": int(self.high)}
+        return {
+            "type": "object",
+            "properties": dict.fromkeys(self.criteria, score),
+            "required": list(self.criteria),
+            "additionalProperties": False,
+        }
+
     def score(
         self, prompts: Sequence[Any], completions: Sequence[str], answers: Sequence[Any]
     ) -> Tensor:
-        opening_lines = [
+        lines = [
             a if isinstance(a, str) and a else str(p) for p, a in zip(prompts, answers, strict=True)
         ]
-        replies = self.backend.complete(
-            [self.judge_prompt(o, s) for o, s in zip(opening_lines, completions, strict=True)]
-        )
-        rows, unparseable = [], 0
-        for reply in replies:
-            parsed = parse_scores(reply, self.criteria, self.low, self.high)
-            if parsed is None:
-                unparseable += 1
-                parsed = dict.fromkeys(self.criteria, self.fallback_score)
-            rows.append([parsed[c] for c in self.criteria])
-        self._last_unparseable = unparseable
+        stories = [
+            f"{o} {c.lstrip()}" if self.prepend_opening else c
+            for o, c in zip(lines, completions, strict=True)
+        ]
+        asks = [self.judge_prompt(o, s) for o, s in zip(lines, stories, strict=True)]
+        schema = self.json_schema() if self.structured else None
+        start = time.perf_counter()
+        replies = self.backend.complete(asks * self.samples, json_schema=schema)
+        seconds = time.perf_counter() - start
+        n = len(asks)
+        rows, unparseable, failed = [], 0, sum(r is None for r in replies)
+        for i in range(n):
+            parsed = [
+                p
+                for k in range(self.samples)
+                if (p := parse_scores(replies[k * n + i], self.criteria, self.low, self.high))
+            ]
+            unparseable += self.samples - len(parsed)
+            means = {
+                c: sum(p[c] for p in parsed) / len(parsed) if parsed else self.fallback_score
+                for c in self.criteria
+            }
+            checks = [CHECKS[c](stories[i], lines[i], self.max_words) for c in self.checks]
+            rows.append([*(means[c] for c in self.criteria), *checks])
+        self.last_batch = {
+            "judge_unparseable": float(unparseable),
+            "judge_failed_requests": float(failed),
+            "judge_latency_s": seconds,
+            "judge_tokens": float(getattr(self.backend, "last_tokens", 0)),
+        }
         self.unparseable_total += unparseable
         if unparseable:
             log.warning(
-                "judge: %d of %d replies unparseable; scored %s",
+                "judge: %d of %d replies unparseable (%d requests failed); scored %s",
                 unparseable,
                 len(replies),
+                failed,
                 self.fallback_score,
             )
-        return torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.criteria))
+        return torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.component_names))
+
+    def judge_scores(self, scores: Tensor) -> Tensor:
+        """The judge's mean score per sample (the criteria only, not the checks)."""
+        return scores[:, : len(self.criteria)].mean(dim=1)
 
     def extra_metrics(self, scores: Tensor) -> dict[str, float]:
-        metrics = discrimination_metrics(self.total(scores), self.group_size, self.low, self.high)
-        metrics["judge_unparseable"] = float(self._last_unparseable)
-        return metrics
+        metrics = discrimination_metrics(
+            self.judge_scores(scores), self.group_size, self.low, self.high
+        )
+        return {**metrics, **self.last_batch}

@@ -207,7 +207,9 @@ class OpenAICompatibleEngine:
             )
         return served
 
-    def _body(self, prompt: TextPrompt, sampling: SamplingConfig) -> dict[str, Any]:
+    def _body(
+        self, prompt: TextPrompt, sampling: SamplingConfig, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model}
         if self.endpoint == "chat":
             body["messages"] = (
@@ -232,6 +234,7 @@ class OpenAICompatibleEngine:
         if sampling.min_new_tokens:
             body["min_tokens"] = sampling.min_new_tokens  # vLLM's extension
         body.update(self.extra_body)
+        body.update(extra or {})
         return body
 
     def _samples(self, reply: Any) -> list[TextSample]:
@@ -256,11 +259,13 @@ class OpenAICompatibleEngine:
         with self._lock:
             self.stats[key] += 1
 
-    def _request(self, prompt: TextPrompt, sampling: SamplingConfig) -> TextResult:
+    def _request(
+        self, prompt: TextPrompt, sampling: SamplingConfig, extra: dict[str, Any] | None = None
+    ) -> TextResult:
         import httpx2
 
         url = self.base_url + _PATHS[self.endpoint]
-        body = json.dumps(self._body(prompt, sampling))
+        body = json.dumps(self._body(prompt, sampling, extra))
         reason = "not sent"
         for attempt in range(self.max_retries + 1):
             if self._fatal is not None:
@@ -298,9 +303,13 @@ class OpenAICompatibleEngine:
         return RequestFailed(reason)
 
     def generate_texts(
-        self, prompts: Sequence[TextPrompt], sampling: SamplingConfig
+        self,
+        prompts: Sequence[TextPrompt],
+        sampling: SamplingConfig,
+        extra_body: dict[str, Any] | None = None,
     ) -> list[TextResult]:
-        """``sampling.n`` texts per prompt, ``max_concurrency`` requests at a time.
+        """``sampling.n`` texts per prompt, ``max_concurrency`` requests at a time; ``extra_body``
+        adds fields to these requests' bodies (e.g. ``response_format``).
 
         Raises:
             APIError: when the endpoint refuses the key, the model or the URL (the remaining
@@ -308,7 +317,7 @@ class OpenAICompatibleEngine:
         """
         self._fatal = None
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            results = list(pool.map(lambda p: self._request(p, sampling), prompts))
+            results = list(pool.map(lambda p: self._request(p, sampling, extra_body), prompts))
         if self._fatal is not None:
             raise self._fatal
         return results
