@@ -10,7 +10,9 @@ length (judges reward length). Warnings say what would go wrong in training.
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -48,15 +50,46 @@ def _pearson(xs: list[float], ys: list[float]) -> float | None:
     return statistics.correlation(xs, ys)
 
 
+def _group_size(lines: list[str]) -> int:
+    sizes = [len(list(g)) for _, g in itertools.groupby(lines)]
+    if len(set(sizes)) != 1 or len(sizes) != len(set(lines)):
+        raise ValueError(
+            "ranked scoring needs the stories of each opening line together and equally many per "
+            f"line; got group sizes {sizes}"
+        )
+    return sizes[0]
+
+
 def judge_check(
     evaluator: JudgeEvaluator, stories: list[dict[str, Any]], repeats: int = 3
 ) -> dict[str, Any]:
-    """Score ``stories`` ``repeats`` times with ``evaluator``'s judge; the statistics and warnings."""
+    """Score ``stories`` ``repeats`` times with ``evaluator``'s judge; the statistics and warnings.
+
+    With ranked scoring each pass shuffles the stories within their groups (seeded by the pass),
+    so a judge that ranks by position rather than content disagrees with itself across passes.
+    """
     lines = [s["opening_line"] for s in stories]
     texts = [s["story"] for s in stories]
+    ranked = evaluator.scoring == "ranked"
+    if ranked:
+        evaluator.group_size = _group_size(lines)
     runs, unparseable, failed, seconds = [], 0, 0, 0.0
-    for _ in range(repeats):
-        scores = evaluator.judge_scores(evaluator.score(lines, texts, lines)).tolist()
+    for repeat in range(repeats):
+        order = list(range(len(texts)))
+        if ranked and repeat:
+            g = evaluator.group_size
+            rng = random.Random(repeat)
+            for start in range(0, len(order), g):
+                block = order[start : start + g]
+                rng.shuffle(block)
+                order[start : start + g] = block
+        shown = [texts[i] for i in order]
+        raw = evaluator.judge_scores(
+            evaluator.score([lines[i] for i in order], shown, [lines[i] for i in order])
+        )
+        scores = [0.0] * len(texts)
+        for position, i in enumerate(order):
+            scores[i] = float(raw[position])
         runs.append(scores)
         unparseable += int(evaluator.last_batch["judge_unparseable"])
         failed += int(evaluator.last_batch["judge_failed_requests"])
@@ -73,10 +106,11 @@ def judge_check(
     report = {
         "stories": len(texts),
         "repeats": repeats,
-        "replies": len(texts) * repeats,
+        "replies": (len(texts) // evaluator.group_size if ranked else len(texts)) * repeats,
         "unparseable": unparseable,
         "failed_requests": failed,
         "seconds_per_story": seconds / (len(texts) * repeats),
+        "scoring": evaluator.scoring,
         "histogram": {
             str(v): sum(round(s) == v for s in runs[0])
             for v in range(int(evaluator.low), int(evaluator.high) + 1)
@@ -166,6 +200,8 @@ def run_judge_check(
     temperature: float = 0.0,
     samples: int = 1,
     max_tokens: int = 256,
+    weighted: bool = False,
+    scoring: Literal["absolute", "ranked"] = "absolute",
     output: str | None = None,
 ) -> dict[str, Any]:
     """Run a judge over stories and print how well it discriminates.
@@ -183,6 +219,9 @@ def run_judge_check(
         temperature: the judge's sampling temperature.
         samples: judge calls averaged per story in each pass.
         max_tokens: the judge's reply budget.
+        weighted: probability-weighted scores from the score tokens' log-probs (G-Eval).
+        scoring: ``absolute`` or ``ranked`` (each opening line's stories ranked in one reply;
+            shuffled in every pass after the first, to expose position bias).
         output: also write the statistics as JSON here.
     """
     judge: JudgeBackend
@@ -196,10 +235,17 @@ def run_judge_check(
         from lit_align.rewards.judge import OpenAIChatJudge
 
         judge = OpenAIChatJudge(
-            base_url, model, api_key_env=api_key_env, temperature=temperature, max_tokens=max_tokens
+            base_url,
+            model,
+            api_key_env=api_key_env,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            top_logprobs=20 if weighted else 0,
         )
         judge.engine.check()
-    evaluator = JudgeEvaluator(judge, structured=structured, samples=samples)
+    evaluator = JudgeEvaluator(
+        judge, structured=structured, samples=samples, weighted=weighted, scoring=scoring
+    )
     report = judge_check(evaluator, _stories(stories), repeats)
     print(format_judge_check(report))
     if output:

@@ -35,6 +35,7 @@ class StubServer:
         delay_s: every completion request sleeps this long (to see concurrency).
         slow_s: how long a ``"slow"`` request sleeps.
         stop_reason: what the choices report as ``stop_reason`` (vLLM names the stop string).
+        logprobs: text -> the chat ``logprobs.content`` list to send with it.
     """
 
     def __init__(
@@ -46,10 +47,12 @@ class StubServer:
         delay_s: float = 0.0,
         slow_s: float = 2.0,
         stop_reason: str | None = None,
+        logprobs: Callable[[str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.reply, self.models, self.key = reply, models, key
         self.script = list(script or [])
         self.delay_s, self.slow_s, self.stop_reason = delay_s, slow_s, stop_reason
+        self.logprobs = logprobs
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.active = self.max_active = 0
@@ -135,6 +138,8 @@ class StubServer:
                     )
                     if owner.stop_reason is not None:
                         choice["stop_reason"] = owner.stop_reason
+                    if owner.logprobs is not None and body.get("logprobs"):
+                        choice["logprobs"] = {"content": owner.logprobs(text)}
                     choices.append(choice)
                 usage = {"completion_tokens": 7 * len(choices)}
                 self._send(200, json.dumps({"choices": choices, "usage": usage}).encode())

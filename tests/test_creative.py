@@ -178,3 +178,74 @@ def test_the_creative_demo_reward_rises_and_its_stories_are_kept(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Samples, early and late" in text and "late (round 19)" in text
     assert "curves_00" in report.figures
+
+
+def _token(token, alternatives):
+    import math
+
+    return {
+        "token": token,
+        "logprob": math.log(alternatives.get(token, 1e-9)),
+        "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in alternatives.items()],
+    }
+
+
+def test_weighted_scores_are_the_expected_score_token():
+    """G-Eval: at ' 3' the judge puts 0.5 on 3, 0.3 on 4, 0.1 on 2, 0.1 elsewhere -> 2.9/0.9;
+    at ' 4': 0.6 on 4, 0.4 on 5 -> 4.4. Non-score alternatives are left out and renormalized."""
+    text = '{"creativity": 3, "coherence": 4}'
+    content = [
+        _token('{"', {'{"': 1.0}),
+        _token("creativity", {"creativity": 1.0}),
+        _token('":', {'":': 1.0}),
+        _token(" 3", {" 3": 0.5, " 4": 0.3, " 2": 0.1, " x": 0.1}),
+        _token(', "', {', "': 1.0}),
+        _token("coherence", {"coherence": 1.0}),
+        _token('":', {'":': 1.0}),
+        _token(" 4", {" 4": 0.6, " 5": 0.4}),
+        _token("}", {"}": 1.0}),
+    ]
+    with StubServer(lambda body, i: text, models=("judge",), logprobs=lambda t: content) as server:
+        judge = OpenAIChatJudge(server.url, "judge", api_key_env=None, top_logprobs=5)
+        ev = JudgeEvaluator(judge, criteria=("creativity", "coherence"), weighted=True)
+        scores = ev.score(["p"], ["story"], ["o"])
+        plain = JudgeEvaluator(judge, criteria=("creativity", "coherence")).score(
+            ["p"], ["s"], ["o"]
+        )
+    assert scores.tolist()[0] == pytest.approx([2.9 / 0.9, 4.4])
+    assert plain.tolist()[0] == [3.0, 4.0]  # the integers, without weighting
+    assert server.bodies[0]["logprobs"] is True and server.bodies[0]["top_logprobs"] == 5
+    assert ev.last_batch["judge_weighted"] == 1.0
+    with pytest.raises(ValueError, match="top_logprobs=20"):
+        JudgeEvaluator(_Scripted(iter([])), weighted=True)
+
+
+def test_rankings_parse_and_become_evenly_spread_scores():
+    from lit_align.rewards.judge_rank import parse_ranking, rank_scores
+
+    assert parse_ranking('{"ranking": ["C", "A", "B"]}', 3) == [2, 0, 1]
+    assert parse_ranking("Best: C > A > B", 3) == [2, 0, 1]
+    assert parse_ranking('{"ranking": ["C", "C", "B"]}', 3) is None  # not a permutation
+    assert parse_ranking("no idea", 3) is None
+    assert rank_scores([2, 0, 1], 1.0, 5.0) == [3.0, 1.0, 5.0]  # C first (5), A (3), B last (1)
+
+
+def test_ranked_scoring_orders_each_group():
+    ev = JudgeEvaluator(ServedRuleJudge("length"), scoring="ranked", group_size=3)
+    stories = ["a b", "a b c d e f", "a b c d", "x", "x x x", "x x"]
+    scores = ev.judge_scores(ev.score(["p"] * 6, stories, ["o"] * 3 + ["q"] * 3))
+    assert scores.tolist() == [1.0, 5.0, 3.0, 1.0, 5.0, 3.0]  # longest first in each group
+    assert (
+        ev.extra_metrics(ev.score(["p"] * 6, stories, ["o"] * 6))["judge_zero_variance_group_frac"]
+        == 0.0
+    )
+    with pytest.raises(ValueError, match="needs group_size"):
+        JudgeEvaluator(ServedRuleJudge("length"), scoring="ranked").score(["p"], ["s"], ["o"])
+
+
+def test_judge_check_ranked_exposes_a_position_biased_judge():
+    # a constant judge ranks in the order shown; shuffled passes then disagree with each other
+    report = run_judge_check(backend="rule", rule="constant", scoring="ranked")
+    assert report["zero_variance_group_frac"] == 0.0 and report["repeat_identical_frac"] == 0.0
+    assert any("mostly noise" in w for w in report["warnings"])
+    assert report["replies"] == 9  # 3 groups x 3 passes

@@ -157,3 +157,11 @@ def test_judge_check_on_a_small_real_judge(server, capsys):
     assert report["unparseable"] == 0 and report["failed_requests"] == 0
     assert report["replies"] == 18
     assert report["score_std"] < 0.5  # measured: 3 for every story (std 0), and a warning
+    weighted = run_judge_check(
+        backend="openai", base_url=server, model="smollm2", structured=True, repeats=1,
+        max_tokens=48, weighted=True,
+    )  # fmt: skip
+    print(capsys.readouterr().out)
+    assert weighted["unparseable"] == 0
+    # G-Eval's expected scores are finer than integers, yet close together for this judge
+    assert weighted["score_std"] < 0.5

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from lit_align.rewards.evaluators import RewardEvaluator
+from lit_align.rewards.judge_parse import parse_scores, weighted_scores
+from lit_align.rewards.judge_rank import parse_ranking, rank_prompt, rank_schema, rank_scores
 from lit_align.rewards.story_checks import CHECKS
 from lit_align.rollout.base import SamplingConfig
 from lit_align.rollout.openai_api import OpenAICompatibleEngine
@@ -50,89 +51,6 @@ Story:
 {story}
 
 Reply with JSON only, for example {example}"""
-
-_WORDS = {
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-}
-_NUM = r"(\d+(?:\.\d+)?|" + "|".join(_WORDS) + r")"
-
-
-def _to_float(token: str) -> float:
-    token = token.lower()
-    return float(_WORDS[token]) if token in _WORDS else float(token)
-
-
-def _from_json(text: str, criteria: Sequence[str]) -> dict[str, float] | None:
-    for match in re.finditer(r"\{[^{}]*\}", text):
-        try:
-            obj = json.loads(match.group(0))
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        lowered = {str(k).lower(): v for k, v in obj.items()}
-        found = {c: lowered[c] for c in criteria if c in lowered}
-        if not found:
-            overall = next(
-                (lowered[k] for k in ("score", "overall", "rating") if k in lowered), None
-            )
-            if overall is not None:
-                found = dict.fromkeys(criteria, overall)
-        try:
-            return {c: _to_float(str(v)) for c, v in found.items()} or None
-        except (ValueError, KeyError):
-            continue
-    return None
-
-
-def _overall(text: str) -> float | None:
-    patterns = (
-        r"(?:score|rating|overall)\s*[:=]?\s*\**\s*" + _NUM,  # "Score: 4", "Rating = four"
-        _NUM + r"\s*/\s*(?:5|10)\b",  # "4/5"
-        r"\*\*\s*" + _NUM + r"\s*\*\*",  # "**4**"
-        r"^\s*" + _NUM + r"\s*\.?\s*$",  # a bare "4" or "four"
-    )
-    for pattern in patterns:
-        match = re.search(pattern, text, flags=re.IGNORECASE | re.MULTILINE)
-        if match:
-            return _to_float(match.group(1))
-    return None
-
-
-def parse_scores(
-    text: str | None, criteria: Sequence[str], low: float = 1.0, high: float = 5.0
-) -> dict[str, float] | None:
-    """Scores per criterion from a judge reply, or None when it cannot be parsed.
-
-    Tries JSON first, then ``criterion: N`` lines, then one overall score (``Score: 4``, ``4/5``,
-    ``**4**``, ``four``) applied to every criterion. Values outside [low, high] are rejected.
-    """
-    if not text:
-        return None
-    text = text[:20_000]
-    scores = _from_json(text, criteria) or {}
-    for criterion in criteria:
-        if criterion not in scores:
-            match = re.search(re.escape(criterion) + r"\W{0,12}?" + _NUM, text, flags=re.IGNORECASE)
-            if match:
-                scores[criterion] = _to_float(match.group(1))
-    if len(scores) < len(criteria):
-        overall = _overall(text)
-        if overall is None:
-            return None
-        scores = {c: scores.get(c, overall) for c in criteria}
-    if any(not (low <= v <= high) for v in scores.values()):
-        return None
-    return scores
 
 
 class JudgeBackend(Protocol):
@@ -179,6 +97,8 @@ class OpenAIChatJudge:
         temperature: judge sampling temperature.
         max_tokens: judge reply budget.
         system_prompt: optional system message.
+        top_logprobs: ask for this many alternatives per reply token (OpenAI allows up to 20),
+            for probability-weighted scores (``JudgeEvaluator(weighted=True)``); 0: none.
     """
 
     def __init__(
@@ -193,6 +113,7 @@ class OpenAIChatJudge:
         temperature: float = 0.0,
         max_tokens: int = 256,
         system_prompt: str | None = None,
+        top_logprobs: int = 0,
     ) -> None:
         self.engine = OpenAICompatibleEngine(
             base_url,
@@ -207,6 +128,8 @@ class OpenAIChatJudge:
         self.sampling = SamplingConfig(n=1, temperature=temperature, max_new_tokens=max_tokens)
         self.system_prompt = system_prompt
         self.last_tokens = 0  # completion tokens of the last batch (where the server reports them)
+        self.top_logprobs = top_logprobs
+        self.last_logprobs: list[Any] = []  # per reply of the last batch: TextSample.top_logprobs
 
     @property
     def stats(self) -> dict[str, int]:
@@ -216,18 +139,19 @@ class OpenAIChatJudge:
         self, prompts: Sequence[str], json_schema: dict[str, Any] | None = None
     ) -> list[str | None]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        extra = None
+        extra: dict[str, Any] = {}
         if json_schema is not None:
-            extra = {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "scores", "schema": json_schema, "strict": True},
-                }
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "scores", "schema": json_schema, "strict": True},
             }
+        if self.top_logprobs:
+            extra.update(logprobs=True, top_logprobs=self.top_logprobs)
         results = self.engine.generate_texts(
             [[*head, {"role": "user", "content": p}] for p in prompts], self.sampling, extra
         )
         self.last_tokens = sum(s.tokens or 0 for r in results if isinstance(r, list) for s in r)
+        self.last_logprobs = [r[0].top_logprobs if isinstance(r, list) else None for r in results]
         return [r[0].text if isinstance(r, list) else None for r in results]
 
 
@@ -275,6 +199,14 @@ class JudgeEvaluator(RewardEvaluator):
             1), ``repetition`` (minus the fraction of repeated word trigrams), ``length`` (minus the
             words beyond ``max_words``, relative). Judges reward length; these keep it in check.
         max_words: the ``length`` check's budget.
+        weighted: probability-weighted scores (G-Eval): each criterion's expected score under
+            the judge's distribution over the score token, finer than its integer; needs a
+            backend that returns log-probs (``OpenAIChatJudge(top_logprobs=20)``); a reply
+            without them is parsed as usual (``judge_weighted`` counts the weighted ones).
+        scoring: ``absolute`` (each story rated alone) or ``ranked`` (each group of
+            ``group_size`` stories ranked in one reply, best ``high`` to worst ``low``, evenly:
+            no ties, so no zero-variance groups when absolute scores collapse; every criterion
+            gets the story's place score; ``samples`` rankings are averaged).
     """
 
     def __init__(
@@ -291,6 +223,8 @@ class JudgeEvaluator(RewardEvaluator):
         prepend_opening: bool = False,
         checks: Sequence[str] = (),
         max_words: int = 150,
+        weighted: bool = False,
+        scoring: Literal["absolute", "ranked"] = "absolute",
     ) -> None:
         if not criteria:
             raise ValueError("criteria must name at least one criterion")
@@ -315,6 +249,15 @@ class JudgeEvaluator(RewardEvaluator):
         self.group_size = group_size
         self.structured, self.samples = structured, samples
         self.prepend_opening, self.max_words = prepend_opening, max_words
+        if weighted and not getattr(backend, "top_logprobs", 0):
+            raise ValueError(
+                "weighted scores need a backend that returns log-probs: "
+                "OpenAIChatJudge(..., top_logprobs=20)"
+            )
+        self.weighted = weighted
+        if scoring not in ("absolute", "ranked"):
+            raise ValueError(f"unknown scoring {scoring!r}; accepted values: absolute, ranked")
+        self.scoring = scoring
         self.unparseable_total = 0
         self.last_batch: dict[
             str, float
@@ -351,42 +294,94 @@ class JudgeEvaluator(RewardEvaluator):
             f"{o} {c.lstrip()}" if self.prepend_opening else c
             for o, c in zip(lines, completions, strict=True)
         ]
-        asks = [self.judge_prompt(o, s) for o, s in zip(lines, stories, strict=True)]
-        schema = self.json_schema() if self.structured else None
         start = time.perf_counter()
-        replies = self.backend.complete(asks * self.samples, json_schema=schema)
-        seconds = time.perf_counter() - start
-        n = len(asks)
-        rows, unparseable, failed = [], 0, sum(r is None for r in replies)
-        for i in range(n):
-            parsed = [
-                p
-                for k in range(self.samples)
-                if (p := parse_scores(replies[k * n + i], self.criteria, self.low, self.high))
-            ]
-            unparseable += self.samples - len(parsed)
-            means = {
-                c: sum(p[c] for p in parsed) / len(parsed) if parsed else self.fallback_score
-                for c in self.criteria
-            }
-            checks = [CHECKS[c](stories[i], lines[i], self.max_words) for c in self.checks]
-            rows.append([*(means[c] for c in self.criteria), *checks])
-        self.last_batch = {
-            "judge_unparseable": float(unparseable),
-            "judge_failed_requests": float(failed),
-            "judge_latency_s": seconds,
-            "judge_tokens": float(getattr(self.backend, "last_tokens", 0)),
-        }
+        judged = (
+            self._ranked(lines, stories)
+            if self.scoring == "ranked"
+            else self._absolute(lines, stories)
+        )
+        rows = [
+            [*scores, *(CHECKS[c](story, line, self.max_words) for c in self.checks)]
+            for scores, story, line in zip(judged, stories, lines, strict=True)
+        ]
+        self.last_batch["judge_latency_s"] = time.perf_counter() - start
+        self.last_batch["judge_tokens"] = float(getattr(self.backend, "last_tokens", 0))
+        unparseable = int(self.last_batch["judge_unparseable"])
         self.unparseable_total += unparseable
         if unparseable:
             log.warning(
-                "judge: %d of %d replies unparseable (%d requests failed); scored %s",
+                "judge: %d replies unparseable (%d requests failed); scored %s",
                 unparseable,
-                len(replies),
-                failed,
+                int(self.last_batch["judge_failed_requests"]),
                 self.fallback_score,
             )
         return torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.component_names))
+
+    def _absolute(self, lines: list[str], stories: list[str]) -> list[list[float]]:
+        """Each story rated on its own; ``samples`` replies averaged per criterion."""
+        asks = [self.judge_prompt(o, s) for o, s in zip(lines, stories, strict=True)]
+        schema = self.json_schema() if self.structured else None
+        replies = self.backend.complete(asks * self.samples, json_schema=schema)
+        logprobs = getattr(self.backend, "last_logprobs", None) if self.weighted else None
+        weighted = 0
+
+        def read(j: int) -> dict[str, float] | None:
+            nonlocal weighted
+            if logprobs and logprobs[j]:
+                found = weighted_scores(logprobs[j], self.criteria, self.low, self.high)
+                if found is not None:
+                    weighted += 1
+                    return found
+            return parse_scores(replies[j], self.criteria, self.low, self.high)
+
+        n, out, unparseable = len(asks), [], 0
+        for i in range(n):
+            parsed = [p for k in range(self.samples) if (p := read(k * n + i))]
+            unparseable += self.samples - len(parsed)
+            out.append(
+                [
+                    sum(p[c] for p in parsed) / len(parsed) if parsed else self.fallback_score
+                    for c in self.criteria
+                ]
+            )
+        self.last_batch = {
+            "judge_unparseable": float(unparseable),
+            "judge_failed_requests": float(sum(r is None for r in replies)),
+            "judge_weighted": float(weighted),
+        }
+        return out
+
+    def _ranked(self, lines: list[str], stories: list[str]) -> list[list[float]]:
+        """Each group of ``group_size`` stories ranked in one reply; places become scores."""
+        g = self.group_size
+        if not g or len(stories) % g:
+            raise ValueError(
+                f"scoring 'ranked' needs group_size (samples per prompt) dividing the batch; got "
+                f"group_size {g} for {len(stories)} stories"
+            )
+        groups = [range(i, i + g) for i in range(0, len(stories), g)]
+        asks = [rank_prompt(lines[r[0]], [stories[i] for i in r], self.criteria) for r in groups]
+        schema = rank_schema(g) if self.structured else None
+        replies = self.backend.complete(asks * self.samples, json_schema=schema)
+        out: list[list[float]] = [[] for _ in stories]
+        unparseable = 0
+        for k, members in enumerate(groups):
+            orders = [
+                o
+                for s in range(self.samples)
+                if (o := parse_ranking(replies[s * len(groups) + k], g))
+            ]
+            unparseable += self.samples - len(orders)
+            places = [rank_scores(o, self.low, self.high) for o in orders]
+            for j, i in enumerate(members):
+                value = sum(p[j] for p in places) / len(places) if places else self.fallback_score
+                out[i] = [value] * len(self.criteria)
+        self.last_batch = {
+            "judge_unparseable": float(unparseable),
+            "judge_failed_requests": float(sum(r is None for r in replies)),
+            "judge_weighted": 0.0,
+        }
+        return out
 
     def judge_scores(self, scores: Tensor) -> Tensor:
         """The judge's mean score per sample (the criteria only, not the checks)."""

@@ -109,6 +109,13 @@ class RuleJudgeServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def reply(self, prompt: str) -> str:
+        if '{"ranking"' in prompt:  # a ranked-scoring prompt: order its stories by the rule
+            body = prompt.split("\n\nReply with JSON only", 1)[0]
+            stories = re.findall(r"Story ([A-Z]):\n(.*?)(?=\n\nStory [A-Z]:\n|\Z)", body, re.DOTALL)
+            with self.lock:
+                scored = [(RULES[self.rule](text, self.rng), name) for name, text in stories]
+            order = [name for _, name in sorted(scored, key=lambda x: -x[0])]  # ties: label order
+            return json.dumps({"ranking": order})
         with self.lock:  # the random rule's stream, in request order
             value = RULES[self.rule](_story(prompt), self.rng)
         return json.dumps(dict.fromkeys(self.criteria, round(value, 2)))

@@ -249,7 +249,23 @@ class OpenAICompatibleEngine:
             matched = choice.get("stop_reason")  # vLLM names the stop string that matched
             if isinstance(matched, str) and not text.endswith(matched):
                 text += matched  # keep it, as the local engines do
-            samples.append(TextSample(text, str(choice.get("finish_reason") or "stop")))
+            sample = TextSample(text, str(choice.get("finish_reason") or "stop"))
+            content = (choice.get("logprobs") or {}).get("content")
+            if isinstance(content, list):  # chat: [{token, logprob, top_logprobs: [...]}, ...]
+                sample.top_logprobs = [
+                    (
+                        str(item["token"]),
+                        {
+                            **{
+                                str(a["token"]): float(a["logprob"])
+                                for a in item.get("top_logprobs") or []
+                            },
+                            str(item["token"]): float(item["logprob"]),
+                        },
+                    )
+                    for item in content
+                ]
+            samples.append(sample)
         usage = reply.get("usage") or {}
         if len(samples) == 1 and isinstance(usage.get("completion_tokens"), int):
             samples[0].tokens = usage["completion_tokens"]

@@ -37,11 +37,14 @@ class TextSample:
             where the engine reports which one matched).
         finish_reason: ``stop``, ``length``, or what the endpoint said.
         tokens: completion tokens, where known.
+        top_logprobs: per generated token, ``(token, {alternative: log-prob})`` (the sampled
+            token included), where the endpoint was asked for them.
     """
 
     text: str
     finish_reason: str
     tokens: int | None = None
+    top_logprobs: list[tuple[str, dict[str, float]]] | None = None
 
 
 @dataclass
