@@ -81,7 +81,7 @@ def run_eval(
     from lit_align.data.templates import stop_strings_for
     from lit_align.evaluation import evaluate, format_summary, write_results
     from lit_align.rollout.base import SamplingConfig
-    from lit_align.rollout.factory import EngineConfig, engine_for_model
+    from lit_align.rollout.factory import engine_for_model
 
     earlier = [n for n in ("metrics.json", "generations.jsonl") if (Path(output_dir) / n).exists()]
     if earlier and not overwrite:
@@ -92,17 +92,10 @@ def run_eval(
     if evaluator is None:
         evaluator = default_evaluator(template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
-    config = EngineConfig(
-        backend=backend,
-        max_batch_size=batch_size,
-        gpu_memory_utilization=gpu_memory_utilization,
-        kv_cache_memory_bytes=kv_cache_memory_bytes,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        enable_sleep_mode=False,
-        enforce_eager=enforce_eager,
-        seed=seed,
-    )
+    config = _engine_config(
+        backend, batch_size, gpu_memory_utilization, kv_cache_memory_bytes, dtype,
+        max_model_len, enforce_eager, seed,
+    )  # fmt: skip
     engine, tokenizer = engine_for_model(model, config, dtype=dtype)
     sampling = SamplingConfig(
         n=n,
@@ -143,6 +136,32 @@ def run_eval(
     print(format_summary(metrics))
     print(f"\nwrote {output_dir}/generations.jsonl and {output_dir}/metrics.json")
     return metrics
+
+
+def _engine_config(
+    backend: str,
+    batch_size: int,
+    gpu_memory_utilization: float,
+    kv_cache_memory_bytes: int | None,
+    dtype: str,
+    max_model_len: int | None,
+    enforce_eager: bool,
+    seed: int,
+) -> Any:
+    """The engine of a one-off command (eval, generate): nothing trains beside it, so no sleep."""
+    from lit_align.rollout.factory import EngineConfig
+
+    return EngineConfig(
+        backend=backend,  # type: ignore[arg-type]
+        max_batch_size=batch_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        enable_sleep_mode=False,
+        enforce_eager=enforce_eager,
+        seed=seed,
+    )
 
 
 def _write_eval_record(path: Any, what: dict[str, Any]) -> None:
@@ -254,7 +273,7 @@ def run_generate(
     from lit_align.evaluation import package_versions
     from lit_align.generate import GOLD_SYSTEM_PROMPTS, Ledger, build_prompts, generate_dataset
     from lit_align.rollout.base import SamplingConfig
-    from lit_align.rollout.factory import EngineConfig, engine_for_model
+    from lit_align.rollout.factory import engine_for_model
     from lit_align.rollout.openai_api import OpenAICompatibleEngine
     from lit_align.rollout.text import LocalTextEngine
 
@@ -319,17 +338,10 @@ def run_generate(
         engine.check()  # a wrong URL, key or model stops here, with the fix
         chunk_size = chunk_size or 4 * max_concurrency
     else:
-        config = EngineConfig(
-            backend=backend,
-            max_batch_size=batch_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            enable_sleep_mode=False,
-            enforce_eager=enforce_eager,
-            seed=seed,
-        )
+        config = _engine_config(
+            backend, batch_size, gpu_memory_utilization, kv_cache_memory_bytes, dtype,
+            max_model_len, enforce_eager, seed,
+        )  # fmt: skip
         local, tokenizer = engine_for_model(model, config, dtype=dtype, progress=False)
         engine = LocalTextEngine(local, tokenizer)
         chunk_size = chunk_size or (256 if backend == "vllm" else batch_size)
