@@ -149,6 +149,11 @@ def _warnings(r: dict[str, Any]) -> list[str]:
         out.append(
             "every story got the same score: the judge does not discriminate, GRPO learns nothing"
         )
+    elif r["score_std"] < 0.25:
+        out.append(
+            f"stories barely differ in score (std {r['score_std']:.3f} across stories): the "
+            "judge hardly discriminates; its reward signal is tiny"
+        )
     elif r["zero_variance_group_frac"]:
         out.append(
             f"{r['zero_variance_group_frac']:.0%} of opening-line groups got one score for all their "

@@ -163,5 +163,7 @@ def test_judge_check_on_a_small_real_judge(server, capsys):
     )  # fmt: skip
     print(capsys.readouterr().out)
     assert weighted["unparseable"] == 0
-    # G-Eval's expected scores are finer than integers, yet close together for this judge
+    # G-Eval's expected scores are finer than integers (measured 2.98-2.99, std 0.006), yet so
+    # close together that judge-check still warns
     assert weighted["score_std"] < 0.5
+    assert any("barely differ" in w for w in weighted["warnings"]), weighted["warnings"]

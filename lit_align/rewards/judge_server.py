@@ -100,24 +100,30 @@ class RuleJudgeServer:
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"unknown judge rule {rule!r}; accepted values: {', '.join(RULES)}")
-        self.rule, self.criteria = rule, criteria
-        self.rng = random.Random(seed)
+        self.rule, self.criteria, self.seed = rule, criteria, seed
+        self.calls: dict[str, int] = {}  # per story: how often it was judged
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.model = f"rule-{rule}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def _score(self, story: str) -> float:
+        # The random rule draws from a stream per (seed, story, call), so concurrent requests
+        # arriving in any order get the same scores from run to run.
+        with self.lock:
+            call = self.calls.get(story, 0)
+            self.calls[story] = call + 1
+        return RULES[self.rule](story, random.Random(f"{self.seed}:{call}:{story}"))
+
     def reply(self, prompt: str) -> str:
         if '{"ranking"' in prompt:  # a ranked-scoring prompt: order its stories by the rule
             body = prompt.split("\n\nReply with JSON only", 1)[0]
             stories = re.findall(r"Story ([A-Z]):\n(.*?)(?=\n\nStory [A-Z]:\n|\Z)", body, re.DOTALL)
-            with self.lock:
-                scored = [(RULES[self.rule](text, self.rng), name) for name, text in stories]
+            scored = [(self._score(text), name) for name, text in stories]
             order = [name for _, name in sorted(scored, key=lambda x: -x[0])]  # ties: label order
             return json.dumps({"ranking": order})
-        with self.lock:  # the random rule's stream, in request order
-            value = RULES[self.rule](_story(prompt), self.rng)
+        value = self._score(_story(prompt))
         return json.dumps(dict.fromkeys(self.criteria, round(value, 2)))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
