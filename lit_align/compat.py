@@ -40,9 +40,9 @@ __all__ = [
 
 
 def masked_mean(tensor: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``tensor`` over the entries where ``mask`` is 1 (the reference's semantics).
+    """Mean of ``tensor`` over the entries where ``mask`` is 1 (the CS336 assignment's semantics).
 
-    A slice whose mask is all zeros gives NaN (0 / 0), as in the reference; lit_align's losses use
+    A slice whose mask is all zeros gives NaN (0 / 0), as in the CS336 assignment; lit_align's losses use
     :func:`lit_align.ops.guarded_masked_mean`, which gives 0 there.
     """
     mask = mask.to(tensor.dtype)
@@ -193,7 +193,7 @@ def _check_steps(gradient_accumulation_steps: int) -> None:
 
 
 def _backward(loss: Tensor, gradient_accumulation_steps: int) -> Tensor:
-    """The reference's micro-batch step: this micro-batch's share of the loss, backward."""
+    """The CS336 assignment's micro-batch step: this micro-batch's share of the loss, backward."""
     loss = loss / gradient_accumulation_steps
     loss.backward()
     return loss

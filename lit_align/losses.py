@@ -20,7 +20,7 @@ The policy-gradient family is one function, :func:`policy_loss`, built from thre
    ``token_mean`` (DAPO), ``seq_mean_token_sum_norm`` (Dr. GRPO, Liu et al. 2025).
 
 Nothing here calls ``backward()``. Group advantages are in :mod:`lit_align.advantages`; the
-reference assignment's API (``grpo_microbatch_train_step`` and friends) in :mod:`lit_align.compat`.
+CS336 assignment's API (``grpo_microbatch_train_step`` and friends) in :mod:`lit_align.compat`.
 """
 
 from __future__ import annotations
