@@ -147,6 +147,11 @@ def _chunk_log_probs(
     return log_probs, entropy
 
 
+# Below this many logits (N × V) the LM head runs in one piece without checkpointing: the
+# float32 logits then take at most 256 MiB, and recomputing them in backward would only cost time.
+_ONE_PIECE_LOGITS = 64 * 2**20
+
+
 def get_response_log_probs(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -154,12 +159,14 @@ def get_response_log_probs(
     return_token_entropy: bool = False,
     attention_mask: Tensor | None = None,
     chunk_tokens: int = 256,
+    positions: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-token log p(labels[t] | input_ids[:t+1]) under a causal LM, and optionally the entropy.
 
     The LM head is applied to chunks of ``chunk_tokens`` final hidden states, so no float32
     (B, T, V) tensor ever exists (V is ~152k for Qwen). Under autograd each chunk is
-    checkpointed: its logits are recomputed in backward instead of being kept.
+    checkpointed: its logits are recomputed in backward instead of being kept. When all the
+    logits of the call fit in 256 MiB they are computed in one piece, without checkpointing.
 
     Args:
         model: a Hugging Face ``*ForCausalLM`` (or anything exposing ``base_model_prefix`` and
@@ -170,14 +177,23 @@ def get_response_log_probs(
         attention_mask: optional (B, T); right padding needs none (causal attention never looks
             ahead), left padding does.
         chunk_tokens: tokens per LM-head chunk; lower it to save memory.
+        positions: optional (B, T) 0/1 mask of the positions to compute (e.g. the response
+            mask): the LM head, log-softmax and entropy run on those positions only, and the
+            outputs are 0 elsewhere. None: every position.
 
     Returns:
-        ``{"log_probs": (B, T)}`` plus ``"token_entropy": (B, T)`` when asked. Nothing is masked.
+        ``{"log_probs": (B, T)}`` plus ``"token_entropy": (B, T)`` when asked. Nothing is masked
+        (beyond ``positions``).
     """
     if input_ids.shape != labels.shape:
         raise ValueError(
             f"input_ids and labels must have the same shape, got {tuple(input_ids.shape)} and "
             f"{tuple(labels.shape)}"
+        )
+    if positions is not None and positions.shape != labels.shape:
+        raise ValueError(
+            f"positions must have the shape of labels {tuple(labels.shape)}, got "
+            f"{tuple(positions.shape)}"
         )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
@@ -186,9 +202,19 @@ def get_response_log_probs(
     B, T, H = hidden.shape
     flat_hidden = hidden.reshape(B * T, H)
     flat_labels = labels.reshape(B * T)
+    index = None
+    if positions is not None:
+        index = positions.reshape(B * T).nonzero().squeeze(-1)  # (N,) positions to compute
+        if index.numel() == 0:  # keep the graph connected: one position, masked out downstream
+            index = index.new_zeros(1)
+        flat_hidden, flat_labels = flat_hidden[index], flat_labels[index]
+    n = flat_hidden.shape[0]
     use_ckpt = torch.is_grad_enabled() and flat_hidden.requires_grad
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    if n * vocab <= _ONE_PIECE_LOGITS:
+        chunk_tokens, use_ckpt = max(n, 1), False
     log_probs, entropies = [], []
-    for start in range(0, B * T, chunk_tokens):
+    for start in range(0, n, chunk_tokens):
         h = flat_hidden[start : start + chunk_tokens]
         y = flat_labels[start : start + chunk_tokens]
         if use_ckpt:
@@ -199,9 +225,13 @@ def get_response_log_probs(
             lp, ent = _chunk_log_probs(head, h, y, return_token_entropy)
         log_probs.append(lp)
         entropies.append(ent)
-    out = {"log_probs": torch.cat(log_probs).view(B, T)}
-    if return_token_entropy:
-        out["token_entropy"] = torch.cat(entropies).view(B, T)
+    names = ["log_probs"] + (["token_entropy"] if return_token_entropy else [])
+    out = {}
+    for name, parts in zip(names, (log_probs, entropies), strict=False):
+        values = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+        if index is not None:  # scatter back into (B*T,), zeros at the positions not computed
+            values = values.new_zeros(B * T).index_copy(0, index, values)
+        out[name] = values.view(B, T)
     return out
 
 
@@ -235,8 +265,17 @@ class CausalLMLogProbs(torch.nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(
-        self, input_ids: Tensor, labels: Tensor, return_token_entropy: bool = False
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        return_token_entropy: bool = False,
+        positions: Tensor | None = None,
     ) -> dict[str, Tensor]:
         return get_response_log_probs(
-            self.model, input_ids, labels, return_token_entropy, chunk_tokens=self.chunk_tokens
+            self.model,
+            input_ids,
+            labels,
+            return_token_entropy,
+            chunk_tokens=self.chunk_tokens,
+            positions=positions,
         )

@@ -89,7 +89,7 @@ def test_training_pairs_are_the_correct_samples_of_the_step(tmp_path):
     evaluator = Switch()
     data = _data(evaluator)
     trainer, _ = _fit(data, tmp_path, max_epochs=1)
-    prompts, responses, _ = data._train
+    prompts, responses, *_ = data._train
     kept = data.keep(data.round.records)
     assert kept and len(prompts) == len(kept)
     end = "<|endoftext|>"  # the demo template ends responses with EOS

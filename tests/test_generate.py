@@ -178,7 +178,7 @@ def test_sft_trains_on_generated_data_in_its_own_chat_format(gsm8k_file, tmp_pat
         enable_progress_bar=False,
         enable_model_summary=False,
     ).fit(module, dm)
-    prompts, responses, _ = dm._train
+    prompts, responses, *_ = dm._train
     assert len(prompts) == 5
     assert all(GSM8K_SYSTEM_PROMPT in p and "<|im_start|>assistant" in p for p in prompts)
     assert all(r.endswith("</answer>\n<|im_end|>") for r in responses)

@@ -210,7 +210,7 @@ def test_sft_targets_end_with_the_end_of_turn_token_counted_in_the_loss():
     trainer = _trainer(max_steps=1)
     dm.trainer = trainer
     trainer.strategy.connect(module)
-    prompts, responses, _ = dm._training_pairs()
+    prompts, responses, *_ = dm._training_pairs()
     assert all(r.endswith("<|endoftext|>") and r.count("<|endoftext|>") == 1 for r in responses)
     batch = dm._collate([(p, r, 1.0) for p, r in zip(prompts, responses, strict=True)])
     eos = tokenizer.eos_token_id

@@ -89,6 +89,10 @@ class StepBatchSampler(Sampler[list[tuple[int, float, float]]]):
     """Micro-batches of a round. Per pass, a seeded shuffle is cut into optimizer steps of
     ``step_size`` samples (this rank's share) and micro-batches of ``micro_batch_size``.
 
+    Within a step, samples are sorted by length before they are cut into micro-batches, so
+    each micro-batch is padded little; the step's gradient, a sum over its micro-batches, is
+    the same whatever their composition.
+
     Every index carries its step's normalizers, (sequences that count, tokens that count) over
     all ranks ÷ (accumulation × ranks): set them with :meth:`set_normalizers` from the summed
     :attr:`step_counts`, so DDP's gradient mean and Lightning's ÷ accumulation give the exact
@@ -104,6 +108,8 @@ class StepBatchSampler(Sampler[list[tuple[int, float, float]]]):
             order = list(range(len(buffer)))
             random.Random(seed * 7_919 + p).shuffle(order)
             self.steps += [order[s : s + step_size] for s in range(0, len(order), step_size)]
+        size = [len(r.prompt_ids) + len(r.completion_ids) for r in buffer.samples]
+        self.steps = [sorted(step, key=size.__getitem__) for step in self.steps]  # stable
         kept = [[buffer.samples[i] for i in step if buffer.samples[i].keep] for step in self.steps]
         # (steps, 2): sequences and tokens that count in the loss, on this rank
         self.step_counts = torch.tensor(

@@ -170,22 +170,12 @@ class ExpertIterationDataModule(SFTDataModule):
             )
         self._step_key = step
 
-    def _pairs(self, kept: list[tuple[str, str]]) -> tuple[list[str], list[str], list[int]]:
+    def _pairs(
+        self, kept: list[tuple[str, str]]
+    ) -> tuple[list[str], list[str], list[int], list[int]]:
         end = end_of_response(self.template, self.tokenizer) if self.end_with_eos else ""
-        prompts = [p for p, _ in kept]
         responses = [r if r.endswith(end) else r + end for _, r in kept]
-        counts = [len(self.prompt_ids(r)) for r in responses]
-        if self.max_length is not None:  # too long to train on: dropped, counted
-            fits = [
-                i
-                for i, p in enumerate(prompts)
-                if len(self.prompt_ids(p)) + counts[i] <= self.max_length
-            ]
-            self.stats["too_long_dropped"] = len(prompts) - len(fits)
-            prompts, responses, counts = (
-                [x[i] for i in fits] for x in (prompts, responses, counts)
-            )
-        return prompts, responses, counts
+        return self.sized_pairs([p for p, _ in kept], responses)  # too long: dropped, counted
 
     def _step_metrics(self, records: list[dict[str, Any]], kept: list) -> dict[str, float]:
         by_question: dict[int, list[bool]] = {}
@@ -201,16 +191,21 @@ class ExpertIterationDataModule(SFTDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         # The kept set came from weights a resumed run no longer has: checkpoint it.
-        prompts, responses, counts = self._train if self._train is not None else ([], [], [])
+        prompts, responses, counts, lengths = self._train or ([], [], [], [])
         return {
             "step": self._step_key,
             "prompts": prompts,
             "responses": responses,
             "counts": counts,
+            "lengths": lengths,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("step") is None:
             return
         self._step_key = int(state["step"])
-        self._train = (list(state["prompts"]), list(state["responses"]), list(state["counts"]))
+        prompts, responses = list(state["prompts"]), list(state["responses"])
+        if "lengths" in state:
+            self._train = (prompts, responses, list(state["counts"]), list(state["lengths"]))
+        else:  # a checkpoint written before length grouping: measure the kept set again
+            self._train = self.sized_pairs(prompts, responses)

@@ -26,6 +26,12 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
     accumulated (÷ accumulate) add up to the exact token mean of the window. So one process with
     ``accumulate × world_size`` steps sees the same windows and takes the same steps.
 
+    With ``lengths`` and ``group_size``, examples of similar length share windows (and so
+    micro-batches), which cuts padding: each run of ``group_size`` shuffled examples is sorted by
+    length, cut into windows, and the windows are shuffled (the grouping of Hugging Face's
+    ``group_by_length``). Each micro-batch's loss is the same as it would be with more padding;
+    only which examples share a step changes.
+
     Args:
         token_counts: response tokens of each example.
         micro_batch_size: examples per micro-batch.
@@ -33,6 +39,8 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         seed: shuffle seed; the order depends on (seed, epoch) only, so resumed runs replay it.
         rank: this process's rank.
         world_size: number of ranks.
+        lengths: total tokens (prompt + response) of each example, for length grouping.
+        group_size: examples sorted together (rounded up to whole windows); None: no grouping.
     """
 
     def __init__(
@@ -43,7 +51,17 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        lengths: Sequence[int] | None = None,
+        group_size: int | None = None,
     ) -> None:
+        if group_size is not None and lengths is None:
+            raise ValueError("group_size needs the examples' lengths")
+        if lengths is not None and len(lengths) != len(token_counts):
+            raise ValueError(
+                f"lengths has {len(lengths)} entries for {len(token_counts)} token_counts"
+            )
+        self.lengths = list(lengths) if lengths is not None else None
+        self.group_size = group_size
         self.token_counts = list(token_counts)
         self.micro_batch_size = micro_batch_size
         self.accumulate = accumulate
@@ -62,10 +80,21 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
 
     def _windows(self) -> Iterator[list[int]]:
         order = list(range(len(self.token_counts)))
-        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        rng.shuffle(order)
         size = self.micro_batch_size * self.accumulate * self.world_size
-        for start in range(0, len(order), size):
-            window = order[start : start + size]
+        windows = [order[start : start + size] for start in range(0, len(order), size)]
+        if self.group_size is not None and self.lengths is not None:
+            lengths, grouped = self.lengths, []
+            span = -(-self.group_size // size) * size  # whole windows per sorted group
+            for start in range(0, len(order), span):
+                group = sorted(order[start : start + span], key=lambda i: lengths[i])
+                chunks = [group[k : k + size] for k in range(0, len(group), size)]
+                whole = [c for c in chunks if len(c) == size]
+                rng.shuffle(whole)  # long and short steps interleave
+                grouped.extend(whole + chunks[len(whole) :])  # the epoch's remainder stays last
+            windows = grouped
+        for window in windows:
             window = window[: len(window) // self.world_size * self.world_size]  # equal rank slices
             if window:
                 yield window
@@ -161,6 +190,9 @@ class SFTDataModule(TaskDataModule):
             (``<|im_end|>`` for chat templates, the tokenizer's EOS otherwise), counted in the
             loss, so the fine-tuned model stops by itself instead of running to max_new_tokens.
         max_length: drop training pairs longer than this many tokens (None: keep all).
+        group_by_length: sort each run of this many shuffled training pairs by length before
+            cutting it into optimizer steps, so micro-batches carry little padding (faster; the
+            loss of a micro-batch does not depend on its padding). None: plain shuffle.
         synthetic_size: examples of a synthetic training task.
         **kwargs: validation, template, evaluator, engine… (see
             :class:`~lit_align.data.base.TaskDataModule`).
@@ -176,6 +208,7 @@ class SFTDataModule(TaskDataModule):
         batch_size: int | None = None,
         end_with_eos: bool = True,
         max_length: int | None = None,
+        group_by_length: int | None = 256,
         synthetic_size: int = 1024,
         **kwargs: Any,
     ) -> None:
@@ -196,8 +229,11 @@ class SFTDataModule(TaskDataModule):
         self.batch_size = batch_size
         self.end_with_eos = end_with_eos
         self.max_length = max_length
+        if group_by_length is not None and group_by_length < 1:
+            raise ValueError(f"group_by_length must be >= 1 or None, got {group_by_length}")
+        self.group_by_length = group_by_length
         self.synthetic_size = synthetic_size
-        self._train: tuple[list[str], list[str], list[int]] | None = None
+        self._train: tuple[list[str], list[str], list[int], list[int]] | None = None
         self.stats: dict[str, int] = {}
 
     def check_trainer(self, trainer: Any) -> None:
@@ -217,7 +253,7 @@ class SFTDataModule(TaskDataModule):
         if stage in ("fit", "validate"):
             self.setup_validation()
 
-    def _training_pairs(self) -> tuple[list[str], list[str], list[int]]:
+    def _training_pairs(self) -> tuple[list[str], list[str], list[int], list[int]]:
         examples = self.load(*self.data_sources()[-1])
         if self.responses == "reference":
             style = "xml" if self.template == "gsm8k_chat" else "r1_zero"
@@ -237,23 +273,28 @@ class SFTDataModule(TaskDataModule):
         if self.end_with_eos:
             end = end_of_response(self.template, self.tokenizer)
             responses = [r if r.endswith(end) else r + end for r in responses]
-        counts = [len(self.prompt_ids(r)) for r in responses]
-        if self.max_length is not None:
-            keep = [
-                i
-                for i, (p, n) in enumerate(zip(prompts, counts, strict=True))
-                if len(self.prompt_ids(p)) + n <= self.max_length
-            ]
-            self.stats["too_long_dropped"] = len(prompts) - len(keep)
-            prompts, responses, counts = (
-                [x[i] for i in keep] for x in (prompts, responses, counts)
-            )
+        prompts, responses, counts, lengths = self.sized_pairs(prompts, responses)
         if not prompts:
             raise ValueError(
                 f"no training examples left from {self.train_source!r} (see stats: {self.stats})"
             )
         self.stats["train_examples"] = len(prompts)
-        return prompts, responses, counts
+        return prompts, responses, counts, lengths
+
+    def sized_pairs(
+        self, prompts: list[str], responses: list[str]
+    ) -> tuple[list[str], list[str], list[int], list[int]]:
+        """(prompts, responses, response tokens, total tokens) of the pairs that fit
+        ``max_length`` (the others are dropped and counted in ``stats``)."""
+        counts = [len(self.prompt_ids(r)) for r in responses]
+        lengths = [len(self.prompt_ids(p)) + n for p, n in zip(prompts, counts, strict=True)]
+        if self.max_length is not None:
+            keep = [i for i, n in enumerate(lengths) if n <= self.max_length]
+            self.stats["too_long_dropped"] = len(prompts) - len(keep)
+            prompts, responses, counts, lengths = (
+                [x[i] for i in keep] for x in (prompts, responses, counts, lengths)
+            )
+        return prompts, responses, counts, lengths
 
     def _collate(self, items: list[tuple[str, str, float]]) -> dict[str, Any]:
         prompts, responses, normalizers = zip(*items, strict=True)
@@ -263,7 +304,7 @@ class SFTDataModule(TaskDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self._train is not None, "setup('fit') first"
-        prompts, responses, counts = self._train
+        prompts, responses, counts, lengths = self._train
         trainer = self.trainer
         sampler = WindowBatchSampler(
             counts,
@@ -272,6 +313,8 @@ class SFTDataModule(TaskDataModule):
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            lengths=lengths,
+            group_size=self.group_by_length,
         )
         return _ResumableLoader(
             _PairDataset(prompts, responses),

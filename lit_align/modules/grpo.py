@@ -157,10 +157,12 @@ class GRPOModule(PolicyModule):
             indices = list(range(start, min(start + dm.micro_batch_size, len(buffer))))
             batch = buffer.collate(indices, with_stored=False)
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+            where = batch["completion_mask"].to(self.device)  # only response tokens are stored
             if needs_old:
-                buffer.store("old", indices, self.policy(ids, labels)["log_probs"])
+                buffer.store("old", indices, self.policy(ids, labels, positions=where)["log_probs"])
             if self.ref_policy is not None:
-                buffer.store("ref", indices, self.ref_policy(ids, labels)["log_probs"])
+                ref = self.ref_policy(ids, labels, positions=where)["log_probs"]
+                buffer.store("ref", indices, ref)
         self.policy.train(was_training)
 
     def on_train_epoch_start(self) -> None:
@@ -195,8 +197,12 @@ class GRPOModule(PolicyModule):
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.policy(batch["input_ids"], batch["labels"], return_token_entropy=True)
-        log_probs = out["log_probs"]  # (B, L)
+        # LM head, log-softmax and entropy on the completion tokens only (prompts need none)
+        completion = batch["completion_mask"]
+        out = self.policy(
+            batch["input_ids"], batch["labels"], return_token_entropy=True, positions=completion
+        )
+        log_probs = out["log_probs"]  # (B, L), 0 outside the completions
         mask = batch["response_mask"]
         old = batch.get("old_log_probs")
         if old is None and self.loss_type in _RATIO_LOSSES:
@@ -222,7 +228,6 @@ class GRPOModule(PolicyModule):
             **self.loss_options,
         )
         size = mask.shape[0]
-        completion = batch["completion_mask"]
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, batch_size=size)

@@ -39,8 +39,11 @@ class SFTModule(PolicyModule):
         self.normalize_constant = normalize_constant
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-        out = self.policy(batch["input_ids"], batch["labels"], return_token_entropy=True)
         mask = batch["response_mask"]  # (B, T)
+        # LM head, log-softmax and entropy on the response tokens only (the loss needs no more)
+        out = self.policy(
+            batch["input_ids"], batch["labels"], return_token_entropy=True, positions=mask
+        )
         loss, metrics = sft_loss(
             out["log_probs"],
             mask,

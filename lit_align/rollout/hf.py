@@ -2,9 +2,8 @@
 
 It holds its own copy of the model (weights pushed in by :meth:`HFEngine.load_weights`), samples
 with ``generate`` (n per prompt, temperature/top-p, min/max new tokens, stop strings kept in the
-output), then scores the sampled tokens with one teacher-forced pass through
-:func:`lit_align.ops.get_response_log_probs`, so its log-probs and entropies are those of the raw
-model (temperature 1), computed exactly as the trainer computes them.
+output). The log-probs and entropies of the sampled tokens are those of the raw model
+(temperature 1, no top-p), read from the logits of each decoding step: no second pass.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from lit_align.ops import get_response_log_probs
 from lit_align.rollout.base import Completion, GenerationInterrupted, SamplingConfig, row_seed
 
 log = logging.getLogger(__name__)
@@ -40,30 +38,80 @@ def strip_wrapper_prefixes(name: str) -> str:
     return name
 
 
-class _RowSampler:
-    """A logits processor that samples each row with its own generator (temperature, top-p).
+class _StepSampler:
+    """The logits processor that does all of a decoding step's work on the raw logits.
 
-    ``generate`` runs greedy over what this returns (only the sampled token stays finite), so a
+    Per step it (1) keeps each row's raw log-softmax (temperature 1, no top-p) at the token it
+    picks, and the entropy of that raw distribution, so the engine never runs a second scoring
+    pass; (2) suppresses end-of-sequence before ``min_new_tokens`` (done here, not by
+    ``generate``, so the recorded log-probs stay the raw model's); (3) picks the token: greedy, or
+    sampled with temperature/top-p where each row draws from its own generator. ``generate`` then
+    runs greedy over what this returns (only the picked token stays finite).
+
+    Sampling uses the exponential race ``argmax(p / q)``, q ~ Exp(1): the rows' q are drawn one
+    generator at a time into one buffer, and the argmax is batched. It is what
+    ``torch.multinomial(p, 1, generator=g)`` computes, draw for draw (a test pins this), so a
     row's samples depend on its seed alone, never on the batch it shares: DDP ranks and a single
     process draw the same completions for the same prompt.
     """
 
     def __init__(
-        self, seeds: list[int], temperature: float, top_p: float, device: torch.device
+        self,
+        seeds: list[int] | None,
+        temperature: float,
+        top_p: float,
+        min_new_tokens: int,
+        eos_ids: list[int],
+        device: torch.device,
     ) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.generators = (
+            [torch.Generator(device=device).manual_seed(s) for s in seeds] if seeds else None
+        )
         self.temperature, self.top_p = temperature, top_p
+        self.min_new_tokens, self.eos_ids = min_new_tokens, eos_ids
+        self.log_probs: list[torch.Tensor] = []  # per step: (rows,)
+        self.entropy: list[torch.Tensor] = []  # per step: (rows,)
+        self._race: torch.Tensor | None = None  # (rows, V) exponential draws, reused per step
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (rows, V)
+        scores = scores.float()  # (rows, V) raw logits of this step
+        log_p = torch.log_softmax(scores, dim=-1)
+        p = log_p.exp()
+        # clamp: a -inf logit has p = 0 and adds 0 (not nan) to the entropy
+        self.entropy.append(-(p * log_p.clamp_min(torch.finfo(log_p.dtype).min)).sum(-1))
+        masked = scores
+        if len(self.log_probs) < self.min_new_tokens and self.eos_ids:
+            masked = scores.clone()
+            masked[:, self.eos_ids] = float("-inf")
+        if self.generators is None:
+            picks = masked.argmax(-1)  # (rows,)
+        else:
+            picks = self._sample(masked, p if masked is scores else None)
+        self.log_probs.append(log_p.gather(-1, picks[:, None]).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, picks[:, None], 0.0)
+
+    def _sample(self, logits: torch.Tensor, raw_p: torch.Tensor | None) -> torch.Tensor:
+        if self.temperature == 1.0 and raw_p is not None:
+            probs = raw_p
+        else:
+            probs = torch.softmax(logits / self.temperature, dim=-1)  # (rows, V)
         if self.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest nucleus
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
-        picks = torch.stack(
-            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
-        )  # (rows, 1)
-        return torch.full_like(scores, float("-inf")).scatter(-1, picks, 0.0)
+        assert self.generators is not None
+        if self._race is None or self._race.shape != probs.shape:
+            self._race = torch.empty_like(probs)
+        for row, g in zip(self._race, self.generators, strict=True):
+            row.exponential_(generator=g)
+        return (probs / self._race).argmax(-1)
+
+    def stats(self) -> tuple[list[list[float]], list[list[float]]]:
+        """Recorded log-probs and entropies, one list per row: (rows, steps) each."""
+        if not self.log_probs:
+            return [], []
+        lp = torch.stack(self.log_probs, dim=1)  # (rows, steps)
+        return lp.tolist(), torch.stack(self.entropy, dim=1).tolist()
 
 
 class HFEngine:
@@ -74,10 +122,18 @@ class HFEngine:
         tokenizer: its tokenizer (pad and eos ids are taken from it).
         max_batch_size: prompts per ``generate`` call (each expands to ``n`` sequences).
         progress: show a progress bar over the ``generate`` calls.
+        share_prefill: with ``n`` > 1, run each prompt through the model once and give its KV
+            cache to its n rows (same samples, float-level differences aside); False: let
+            ``generate`` prefill every row.
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, max_batch_size: int = 64, progress: bool = False
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch_size: int = 64,
+        progress: bool = False,
+        share_prefill: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -87,6 +143,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.progress = progress
+        self.share_prefill = share_prefill
         self._weight_version: int | None = None
         # Asked between decoding steps; True stops generation (GenerationInterrupted), e.g. on
         # SIGTERM, so a preempted run does not finish a long round first.
@@ -153,17 +210,17 @@ class HFEngine:
         return ids
 
     def _cut(self, tokens: list[int], sampling: SamplingConfig) -> tuple[list[int], str, str]:
-        """Trim one generated row at end-of-sequence or its first stop string."""
+        """Trim one generated row at end-of-sequence or its first stop string.
+
+        ``generate`` pads a row only after it finished (EOS or stop string), so a row that hit
+        neither ran the full budget and every token of it was sampled, pad ids included.
+        """
         eos = self._eos_ids
         for i, tok in enumerate(tokens):
             if tok in eos:
                 tokens = tokens[: i + 1]
                 return tokens, self.tokenizer.decode(tokens, skip_special_tokens=True), "stop"
         decode = self.tokenizer.decode
-        pad = self.tokenizer.pad_token_id
-        if pad is not None and pad not in eos:
-            while tokens and tokens[-1] == pad:
-                tokens = tokens[:-1]
         text = decode(tokens, skip_special_tokens=True)
         hits = [(text.find(s), s) for s in sampling.stop or () if s and s in text]
         if hits:
@@ -179,30 +236,6 @@ class HFEngine:
             return tokens[:lo], text[:end], "stop"
         reason = "length" if len(tokens) >= sampling.max_new_tokens else "stop"
         return tokens, text, reason
-
-    @torch.no_grad()
-    def _score(
-        self, prompts: list[list[int]], completions: list[list[int]]
-    ) -> list[tuple[list[float], list[float]]]:
-        """Raw log-probs and entropies of each completion's tokens, one right-padded pass."""
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id or 0
-        rows = [p + c for p, c in zip(prompts, completions, strict=True)]
-        width = max(len(r) for r in rows)
-        full = torch.full((len(rows), width), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            full[i, : len(r)] = torch.tensor(r)
-        full = full.to(device)
-        out = get_response_log_probs(
-            self.model, full[:, :-1], full[:, 1:], return_token_entropy=True
-        )
-        scored = []
-        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            span = slice(len(p) - 1, len(p) - 1 + len(c))  # label positions of the completion
-            scored.append(
-                (out["log_probs"][i, span].tolist(), out["token_entropy"][i, span].tolist())
-            )
-        return scored
 
     @torch.no_grad()
     def generate(
@@ -228,41 +261,65 @@ class HFEngine:
             for i, p in enumerate(rows):  # left padding: generation continues every row
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": sampling.max_new_tokens,
-                "min_new_tokens": sampling.min_new_tokens,
-                "pad_token_id": pad,
-                "eos_token_id": sorted(self._eos_ids) or None,
-                "do_sample": False,  # sampling happens in _RowSampler, row by row
-            }
+            seeds = None
             if sampling.temperature > 0:
                 seeds = [row_seed(sampling.seed, p, j) for p in batch for j in range(sampling.n)]
-                sampler = _RowSampler(seeds, sampling.temperature, sampling.top_p, device)
-                kwargs["logits_processor"] = LogitsProcessorList([sampler])
+            eos = sorted(self._eos_ids)
+            sampler = _StepSampler(
+                seeds,
+                sampling.temperature,
+                sampling.top_p,
+                sampling.min_new_tokens,
+                eos,
+                device,
+            )
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": sampling.max_new_tokens,
+                "pad_token_id": pad,
+                "eos_token_id": eos or None,
+                "do_sample": False,  # the sampler picks every token; generate keeps its pick
+                "logits_processor": LogitsProcessorList([sampler]),
+            }
             if sampling.stop:
                 kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
             if self.interrupt is not None:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self.interrupt)])
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
-            )
+            ids, mask = ids.to(device), mask.to(device)
+            if self.share_prefill and sampling.n > 1 and width > 1:
+                kwargs.update(self._shared_prefill(ids, mask, sampling.n))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             if self.interrupt is not None and self.interrupt():
                 raise GenerationInterrupted("generation interrupted (the engine's interrupt)")
             generated = out[:, width:].tolist()  # (len(batch) * n, steps)
-            cut = [self._cut(g, sampling) for g in generated]
-            prompts = [batch[k // sampling.n] for k in range(len(generated))]
-            nonempty = [k for k, (toks, _, _) in enumerate(cut) if toks]
-            scores = dict(
-                zip(
-                    nonempty,
-                    self._score([prompts[k] for k in nonempty], [cut[k][0] for k in nonempty]),
-                    strict=True,
-                )
-            )
-            for k, (toks, text, reason) in enumerate(cut):
-                lp, ent = scores.get(k, ([], []))
+            log_probs, entropy = sampler.stats()  # (len(batch) * n, steps) each
+            for k, g in enumerate(generated):
+                toks, text, reason = self._cut(g, sampling)
+                lp, ent = (log_probs[k][: len(toks)], entropy[k][: len(toks)]) if toks else ([], [])
                 results.append(Completion(start + k // sampling.n, toks, text, lp, ent, reason))  # type: ignore[arg-type]
         return results
+
+
+    def _shared_prefill(self, ids: torch.Tensor, mask: torch.Tensor, n: int) -> dict[str, Any]:
+        """The KV cache of every prompt but its last token, computed once per prompt and
+        repeated for its ``n`` rows (``generate`` would run the prompt through the model n
+        times). ``generate`` continues from it with the last prompt token. Returns the
+        ``generate`` keyword that passes it.
+
+        ids, mask: (prompts × n, width), prompt-major, left-padded.
+        """
+        first = slice(0, ids.shape[0], n)  # one row per prompt
+        prefix, prefix_mask = ids[first, :-1], mask[first, :-1]
+        # the positions generate gives left-padded rows: count real tokens from the first one
+        positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 1)
+        out = self.model(
+            input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
+        )
+        # transformers >= 5.2x names it `cache`; earlier releases `past_key_values`
+        cache = getattr(out, "cache", None)
+        name = "cache" if cache is not None else "past_key_values"
+        cache = cache if cache is not None else out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return {name: cache}
 
 
 class _Interrupt(StoppingCriteria):

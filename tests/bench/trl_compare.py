@@ -1,0 +1,457 @@
+"""lit_align beside TRL on the same work: a GRPO round, an SFT epoch, generation.
+
+Run in a venv with the bench extra (``pip install -e ".[bench,dev]"``, TRL is never a runtime
+dependency); one command times all three, each side in a fresh subprocess per measurement, the
+two sides alternating (ours first in even pairs, TRL first in odd ones), and prints the median of
+the per-pair ratios, the raw times, peak memory and the load average:
+
+    python tests/bench/trl_compare.py                      # random-init tiny Qwen2 (~3 M parameters)
+    python tests/bench/trl_compare.py --model DIR          # e.g. SmolLM2-135M-Instruct (smaller work)
+    python tests/bench/trl_compare.py --only gen --pairs 5 --json out.json
+
+The work (defaults for the tiny model; DIR uses the ``--real_*`` sizes):
+- **grpo**: P prompts (GSM8K test questions) × G samples × exactly N new tokens (EOS suppressed on
+  both sides: ``min_new_tokens``), a cheap reward (digit fraction), one AdamW step of grpo_clip in
+  4 micro-batches, no reference model, no gradient checkpointing (TRL: ``--trl_checkpointing``
+  adds its default). Time per round, measured over rounds 2..R+1 (round 1 warms up).
+- **sft**: GSM8K train question/answer pairs of 100–300 tokens, batch 16, response-only loss, one
+  epoch; total non-pad tokens ÷ wall time of the epoch (first step included on both sides).
+- **gen**: ``HFEngine.generate`` vs ``model.generate`` on the same model copy, same prompts, same
+  sampling (temperature 1, top-k off, P × G rows of exactly N tokens; ``--model`` DIR: greedy,
+  32 prompts × 128 tokens, both must produce the same tokens). Interleaved in one process.
+
+Peak memory is the worker process's peak RSS (the interpreter and libraries included, ~0.4 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+HERE = Path(__file__).resolve()
+
+
+def digit_fraction(text: str) -> float:
+    """The cheap reward both sides use: the fraction of digits in the completion."""
+    return sum(ch.isdigit() for ch in text) / max(len(text), 1)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def prompts_of(path: Path, count: int, tokenizer) -> list[str]:
+    from lit_align.data.templates import format_prompt
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:count]]
+    return [format_prompt("question_only", r["question"], tokenizer) for r in rows]
+
+
+def sft_pairs(tokenizer, count: int) -> list[dict]:
+    """GSM8K train pairs of 100-300 tokens (prompt + response + EOS)."""
+    rows = [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()]
+    pairs = []
+    for r in rows:
+        prompt, response = f"Question: {r['question']}\nAnswer:", " " + r["answer"]
+        n = len(tokenizer(prompt + response, add_special_tokens=False)["input_ids"]) + 1
+        if 100 <= n <= 300:
+            pairs.append({"prompt": prompt, "response": response, "tokens": n})
+        if len(pairs) == count:
+            return pairs
+    raise SystemExit(f"only {len(pairs)} GSM8K pairs of 100-300 tokens, {count} asked")
+
+
+# ---------------------------------------------------------------------- workers (subprocesses)
+
+
+def grpo_ours(a: argparse.Namespace) -> dict:
+    import lightning as L
+    import torch
+
+    from lit_align.data import RolloutDataModule
+    from lit_align.modules import GRPOModule
+    from lit_align.rewards.evaluators import RewardEvaluator
+    from lit_align.rollout import EngineConfig, SamplingConfig
+
+    class DigitFraction(RewardEvaluator):
+        component_names, total_weights = ("digits",), (1.0,)
+
+        def score(self, prompts, completions, answers):
+            return torch.tensor([[digit_fraction(c)] for c in completions])
+
+    ends: list[float] = []
+
+    class RoundTimes(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            ends.append(time.perf_counter())
+
+    rows = a.prompts * a.group
+    module = GRPOModule(
+        a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6)
+    )
+    dm = RolloutDataModule(
+        train_source=str(DATA / "test.jsonl"),
+        template="question_only",
+        group_size=a.group,
+        rollout_batch_size=rows,
+        train_batch_size=rows,
+        micro_batch_size=rows // 4,
+        sampling=SamplingConfig(
+            temperature=1.0, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, stop=[]
+        ),
+        evaluator=DigitFraction(),
+        engine=EngineConfig(backend="hf", max_batch_size=a.prompts),
+        zero_signal_rounds=None,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, max_epochs=a.rounds + 1, reload_dataloaders_every_n_epochs=1,
+        callbacks=[RoundTimes()],
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    return {"seconds": statistics.median(b - e for e, b in zip(ends, ends[1:]))}
+
+
+def grpo_trl(a: argparse.Namespace) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model)
+    prompts = prompts_of(DATA / "test.jsonl", a.prompts * (a.rounds + 1), tok)
+    ends: list[float] = []
+
+    class RoundTimes(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+
+    def reward(completions, **kw):
+        return [digit_fraction(c) for c in completions]
+
+    config = GRPOConfig(
+        output_dir=a.workdir, per_device_train_batch_size=a.prompts * a.group // 4,
+        gradient_accumulation_steps=4, num_generations=a.group, max_completion_length=a.new_tokens,
+        generation_kwargs={"min_new_tokens": a.new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=1e-6, loss_type="grpo", beta=0.0, max_steps=a.rounds + 1, bf16=False,
+        gradient_checkpointing=a.trl_checkpointing, logging_steps=1, report_to="none",
+        save_strategy="no", disable_tqdm=True, model_init_kwargs={"dtype": "float32"},
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=a.model, reward_funcs=reward, args=config,
+        train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
+        callbacks=[RoundTimes()],
+    )  # fmt: skip
+    trainer.train()
+    return {"seconds": statistics.median(b - e for e, b in zip(ends, ends[1:]))}
+
+
+def sft_ours(a: argparse.Namespace) -> dict:
+    import lightning as L
+    import torch
+
+    from lit_align.data import SFTDataModule
+    from lit_align.modules import SFTModule
+
+    times: list[float] = []
+
+    class EpochTime(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not times:
+                times.append(time.perf_counter())
+
+        def on_train_epoch_end(self, trainer, module):
+            times.append(time.perf_counter())
+
+    module = SFTModule(a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
+    dm = SFTDataModule(
+        train_source=a.pairs_file, template="question_only", micro_batch_size=16, batch_size=16
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, max_epochs=1, callbacks=[EpochTime()],
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    return {"seconds": times[-1] - times[0]}
+
+
+def sft_trl(a: argparse.Namespace) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [json.loads(line) for line in Path(a.pairs_file).read_text().splitlines()]
+    data = Dataset.from_dict(
+        {"prompt": [r["prompt"] for r in rows], "completion": [r["response"] for r in rows]}
+    )
+    times: list[float] = []
+
+    class EpochTime(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if not times:
+                times.append(time.perf_counter())
+
+        def on_epoch_end(self, args, state, control, **kw):
+            times.append(time.perf_counter())
+
+    config = SFTConfig(
+        output_dir=a.workdir, per_device_train_batch_size=16, num_train_epochs=1,
+        learning_rate=1e-5, bf16=False, gradient_checkpointing=False, max_length=None,
+        packing=False, padding_free=False, completion_only_loss=True, logging_steps=10,
+        report_to="none", save_strategy="no", disable_tqdm=True,
+        model_init_kwargs={"dtype": "float32"},
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(a.model)
+    trainer = SFTTrainer(
+        model=a.model, args=config, train_dataset=data, processing_class=tok,
+        callbacks=[EpochTime()],
+    )  # fmt: skip
+    trainer.train()
+    return {"seconds": times[-1] - times[0]}
+
+
+def gen_pairs(a: argparse.Namespace) -> dict:
+    """Both sides in one process, alternating, on copies of the same model."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lit_align.rollout import HFEngine, SamplingConfig
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    engine = HFEngine(copy.deepcopy(model), tok, max_batch_size=a.prompts)
+    greedy = a.greedy
+    prompts = prompts_of(DATA / "test.jsonl", a.prompts, tok)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    n = 1 if greedy else a.group
+    sampling = SamplingConfig(
+        n=n, temperature=0.0 if greedy else 1.0, max_new_tokens=a.new_tokens,
+        min_new_tokens=0 if greedy else a.new_tokens, stop=[], seed=1,
+    )  # fmt: skip
+    width = max(map(len, ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    left = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+
+    def ours():
+        out = engine.generate(ids, sampling)
+        return sum(len(c.token_ids) for c in out), [c.token_ids for c in out]
+
+    def peer():
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=left, attention_mask=mask, do_sample=not greedy, top_k=None,
+                top_p=None, temperature=None if greedy else 1.0, num_return_sequences=n,
+                max_new_tokens=a.new_tokens, min_new_tokens=0 if greedy else a.new_tokens,
+                pad_token_id=pad,
+            )  # fmt: skip
+        new = out[:, width:].tolist()
+        eos = tok.eos_token_id
+        cut = [r[: r.index(eos) + 1] if eos in r else r for r in new]
+        return sum(map(len, cut)), cut
+
+    ours(), peer()  # warm-up
+    rows = []
+    for k in range(a.pairs):
+        run = {}
+        for side, fn in (("ours", ours), ("peer", peer))[:: 1 if k % 2 == 0 else -1]:
+            start = time.perf_counter()
+            tokens, texts = fn()
+            run[side] = {"seconds": time.perf_counter() - start, "tokens": tokens, "ids": texts}
+        same = run["ours"]["ids"] == run["peer"]["ids"] if greedy else None
+        rows.append({s: {k2: v for k2, v in run[s].items() if k2 != "ids"} for s in run})
+        rows[-1]["same_tokens"] = same
+    return {"pairs": rows, "peak_rss_gib": peak_rss_gib()}
+
+
+WORKERS = {
+    ("grpo", "ours"): grpo_ours,
+    ("grpo", "trl"): grpo_trl,
+    ("sft", "ours"): sft_ours,
+    ("sft", "trl"): sft_trl,
+}
+
+
+def worker(a: argparse.Namespace) -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    if a.work == "gen":
+        result = gen_pairs(a)
+    else:
+        result = WORKERS[(a.work, a.side)](a)
+        result["peak_rss_gib"] = peak_rss_gib()
+    Path(a.result).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------- orchestration
+
+
+def spawn(a: argparse.Namespace, work: str, side: str, workdir: str) -> dict:
+    result = Path(workdir) / f"{work}_{side}.json"
+    cmd = [sys.executable, str(HERE), "--worker", "--work", work, "--side", side]
+    cmd += ["--model", a.model, "--result", str(result), "--workdir", workdir]
+    cmd += ["--pairs_file", a.pairs_file, "--pairs", str(a.pairs)]
+    cmd += ["--prompts", str(a.prompts), "--group", str(a.group)]
+    cmd += ["--new_tokens", str(a.new_tokens), "--rounds", str(a.rounds)]
+    cmd += ["--trl_checkpointing"] * a.trl_checkpointing + ["--greedy"] * a.greedy
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL if not a.verbose else None)
+    return json.loads(result.read_text())
+
+
+def pairwise(a: argparse.Namespace, work: str, workdir: str) -> list[dict]:
+    pairs = []
+    for k in range(a.pairs):
+        order = ("ours", "trl") if k % 2 == 0 else ("trl", "ours")
+        pairs.append({side: spawn(a, work, side, workdir) for side in order})
+        print(f"  {work} pair {k}: {json.dumps(pairs[-1])}", flush=True)
+    return pairs
+
+
+def summarize(work: str, pairs: list[dict], a: argparse.Namespace) -> dict:
+    """Median of per-pair ratios: > 1 means lit_align is slower (time) or faster (tokens/s)."""
+    if work == "gen":
+        ours = [p["ours"]["seconds"] for p in pairs]
+        peer = [p["peer"]["seconds"] for p in pairs]
+        tokens = pairs[0]["ours"]["tokens"]
+        return {
+            "ours_s": statistics.median(ours), "peer_s": statistics.median(peer),
+            "time_ratio": statistics.median(o / p for o, p in zip(ours, peer)),
+            "ours_tok_s": tokens / statistics.median(ours),
+            "peer_tok_s": pairs[0]["peer"]["tokens"] / statistics.median(peer),
+            "same_tokens": all(p.get("same_tokens") is not False for p in pairs),
+        }  # fmt: skip
+    ours = [p["ours"]["seconds"] for p in pairs]
+    trl = [p["trl"]["seconds"] for p in pairs]
+    out = {
+        "ours_s": statistics.median(ours), "trl_s": statistics.median(trl),
+        "time_ratio": statistics.median(o / t for o, t in zip(ours, trl)),
+        "ours_peak_gib": max(p["ours"]["peak_rss_gib"] for p in pairs),
+        "trl_peak_gib": max(p["trl"]["peak_rss_gib"] for p in pairs),
+    }  # fmt: skip
+    if work == "sft":
+        out["ours_tok_s"] = a.sft_tokens / out["ours_s"]
+        out["trl_tok_s"] = a.sft_tokens / out["trl_s"]
+        out["tok_s_ratio"] = statistics.median(t / o for o, t in zip(ours, trl))
+    return out
+
+
+def tiny_model(path: Path) -> None:
+    from lit_align.models import build_tiny_model, build_tiny_tokenizer
+
+    model, tok = build_tiny_model(
+        tokenizer=build_tiny_tokenizer(vocab_size=2048), hidden_size=256, num_layers=4,
+        num_heads=4, num_kv_heads=2, intermediate_size=704,
+    )  # fmt: skip
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="tiny", help="'tiny' (random init, built here) or a HF folder")
+    p.add_argument("--only", nargs="+", choices=["grpo", "sft", "gen"], default=["grpo", "sft", "gen"])
+    p.add_argument("--pairs", type=int, default=3, help="measurements per side (interleaved)")
+    p.add_argument("--prompts", type=int, default=None, help="GRPO/gen prompts (tiny 32, DIR 4)")
+    p.add_argument("--group", type=int, default=8, help="samples per prompt")
+    p.add_argument("--new_tokens", type=int, default=64, help="new tokens per sample")
+    p.add_argument("--rounds", type=int, default=None, help="GRPO rounds timed (tiny 3, DIR 2)")
+    p.add_argument("--sft_examples", type=int, default=None, help="SFT pairs (tiny 512, DIR 64)")
+    p.add_argument("--trl_checkpointing", action="store_true", help="TRL's default: on")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--verbose", action="store_true")
+    # worker-only
+    for name in ("--work", "--side", "--result", "--workdir", "--pairs_file"):
+        p.add_argument(name, default="", help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--greedy", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        return worker(a)
+
+    from transformers import AutoTokenizer
+
+    real = a.model != "tiny"
+    a.prompts = a.prompts or (4 if real else 32)
+    a.rounds = a.rounds or (2 if real else 3)
+    a.sft_examples = a.sft_examples or (64 if real else 512)
+    workdir = tempfile.mkdtemp(prefix="trl_compare_")
+    if not real:
+        a.model = str(Path(workdir) / "tiny_qwen2")
+        tiny_model(Path(a.model))
+    tok = AutoTokenizer.from_pretrained(a.model)
+    pairs = sft_pairs(tok, a.sft_examples)
+    a.sft_tokens = sum(r["tokens"] for r in pairs)
+    a.pairs_file = str(Path(workdir) / "sft_pairs.jsonl")
+    Path(a.pairs_file).write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(a.model)
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        params = sum(t.numel() for t in AutoModelForCausalLM.from_config(config).parameters())
+    print(f"model {a.model}: {params / 1e6:.1f} M parameters, vocab {config.vocab_size}; "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    results: dict = {"model": a.model, "parameters": params, "load_before": os.getloadavg()}
+    for work in a.only:
+        if work == "gen":
+            a.greedy = real
+            if real:  # a realistic eval: 32 chat prompts, 128 greedy tokens
+                a.prompts, a.new_tokens = 32, 128
+            raw = spawn(a, "gen", "both", workdir)["pairs"]
+            results["gen"] = summarize("gen", raw, a)
+            results["gen_raw"] = raw
+        else:
+            raw = pairwise(a, work, workdir)
+            results[work] = summarize(work, raw, a)
+            results[f"{work}_raw"] = raw
+        print(f"{work}: {json.dumps(results[work])}", flush=True)
+    results["load_after"] = os.getloadavg()
+    print(table(results))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+def table(r: dict) -> str:
+    lines = ["| work | lit_align | peer | ratio | peak RSS ours / TRL |", "|---|---|---|---|---|"]
+    if "grpo" in r:
+        g = r["grpo"]
+        lines.append(
+            f"| GRPO round | {g['ours_s']:.2f} s | TRL {g['trl_s']:.2f} s | "
+            f"{g['time_ratio']:.2f}× TRL's time | {g['ours_peak_gib']:.2f} / {g['trl_peak_gib']:.2f} GiB |"
+        )
+    if "sft" in r:
+        s = r["sft"]
+        lines.append(
+            f"| SFT epoch | {s['ours_tok_s']:.0f} tok/s | TRL {s['trl_tok_s']:.0f} tok/s | "
+            f"{s['tok_s_ratio']:.2f}× TRL's tokens/s | {s['ours_peak_gib']:.2f} / {s['trl_peak_gib']:.2f} GiB |"
+        )
+    if "gen" in r:
+        g = r["gen"]
+        lines.append(
+            f"| generation | {g['ours_tok_s']:.0f} tok/s | model.generate {g['peer_tok_s']:.0f} tok/s"
+            f" | {g['time_ratio']:.2f}× its time | same tokens: {g['same_tokens']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
