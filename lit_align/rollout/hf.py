@@ -298,7 +298,6 @@ class HFEngine:
                 results.append(Completion(start + k // sampling.n, toks, text, lp, ent, reason))  # type: ignore[arg-type]
         return results
 
-
     def _shared_prefill(self, ids: torch.Tensor, mask: torch.Tensor, n: int) -> dict[str, Any]:
         """The KV cache of every prompt but its last token, computed once per prompt and
         repeated for its ``n`` rows (``generate`` would run the prompt through the model n

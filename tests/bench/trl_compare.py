@@ -26,6 +26,7 @@ Peak memory is the worker process's peak RSS (the interpreter and libraries incl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -95,9 +96,7 @@ def grpo_ours(a: argparse.Namespace) -> dict:
             ends.append(time.perf_counter())
 
     rows = a.prompts * a.group
-    module = GRPOModule(
-        a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6)
-    )
+    module = GRPOModule(a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6))
     dm = RolloutDataModule(
         train_source=str(DATA / "test.jsonl"),
         template="question_only",
@@ -119,7 +118,7 @@ def grpo_ours(a: argparse.Namespace) -> dict:
         callbacks=[RoundTimes()],
     )  # fmt: skip
     trainer.fit(module, dm)
-    return {"seconds": statistics.median(b - e for e, b in zip(ends, ends[1:]))}
+    return {"seconds": statistics.median(b - e for e, b in itertools.pairwise(ends))}
 
 
 def grpo_trl(a: argparse.Namespace) -> dict:
@@ -152,7 +151,7 @@ def grpo_trl(a: argparse.Namespace) -> dict:
         callbacks=[RoundTimes()],
     )  # fmt: skip
     trainer.train()
-    return {"seconds": statistics.median(b - e for e, b in zip(ends, ends[1:]))}
+    return {"seconds": statistics.median(b - e for e, b in itertools.pairwise(ends))}
 
 
 def sft_ours(a: argparse.Namespace) -> dict:
@@ -332,7 +331,7 @@ def summarize(work: str, pairs: list[dict], a: argparse.Namespace) -> dict:
         tokens = pairs[0]["ours"]["tokens"]
         return {
             "ours_s": statistics.median(ours), "peer_s": statistics.median(peer),
-            "time_ratio": statistics.median(o / p for o, p in zip(ours, peer)),
+            "time_ratio": statistics.median(o / p for o, p in zip(ours, peer, strict=True)),
             "ours_tok_s": tokens / statistics.median(ours),
             "peer_tok_s": pairs[0]["peer"]["tokens"] / statistics.median(peer),
             "same_tokens": all(p.get("same_tokens") is not False for p in pairs),
@@ -341,14 +340,14 @@ def summarize(work: str, pairs: list[dict], a: argparse.Namespace) -> dict:
     trl = [p["trl"]["seconds"] for p in pairs]
     out = {
         "ours_s": statistics.median(ours), "trl_s": statistics.median(trl),
-        "time_ratio": statistics.median(o / t for o, t in zip(ours, trl)),
+        "time_ratio": statistics.median(o / t for o, t in zip(ours, trl, strict=True)),
         "ours_peak_gib": max(p["ours"]["peak_rss_gib"] for p in pairs),
         "trl_peak_gib": max(p["trl"]["peak_rss_gib"] for p in pairs),
     }  # fmt: skip
     if work == "sft":
         out["ours_tok_s"] = a.sft_tokens / out["ours_s"]
         out["trl_tok_s"] = a.sft_tokens / out["trl_s"]
-        out["tok_s_ratio"] = statistics.median(t / o for o, t in zip(ours, trl))
+        out["tok_s_ratio"] = statistics.median(t / o for o, t in zip(ours, trl, strict=True))
     return out
 
 
@@ -365,8 +364,12 @@ def tiny_model(path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="tiny", help="'tiny' (random init, built here) or a HF folder")
-    p.add_argument("--only", nargs="+", choices=["grpo", "sft", "gen"], default=["grpo", "sft", "gen"])
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' (random init, built here) or a HF folder"
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=["grpo", "sft", "gen"], default=["grpo", "sft", "gen"]
+    )
     p.add_argument("--pairs", type=int, default=3, help="measurements per side (interleaved)")
     p.add_argument("--prompts", type=int, default=None, help="GRPO/gen prompts (tiny 32, DIR 4)")
     p.add_argument("--group", type=int, default=8, help="samples per prompt")
