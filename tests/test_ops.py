@@ -155,3 +155,27 @@ def test_chunked_matches_naive_at_qwen_vocabulary():
         )
     torch.testing.assert_close(got["log_probs"], ref["log_probs"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got["token_entropy"], ref["token_entropy"], rtol=1e-4, atol=1e-4)
+
+
+def test_log_probs_on_chosen_positions_match_the_full_computation(tiny_model):
+    """``positions``: LM head on those positions only; values and gradients as computed in full."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (3, 9))
+    labels = torch.roll(ids, -1, dims=1)
+    where = torch.zeros(3, 9)
+    where[0, 4:] = 1
+    where[2, 1:3] = 1  # row 1: no position at all
+    full = get_response_log_probs(tiny_model, ids, labels, True)
+    part = get_response_log_probs(tiny_model, ids, labels, True, positions=where)
+    for name in ("log_probs", "token_entropy"):
+        torch.testing.assert_close(part[name], full[name] * where, rtol=1e-5, atol=1e-6)
+    grads = []
+    for kw in ({}, {"positions": where}):
+        tiny_model.zero_grad()
+        out = get_response_log_probs(tiny_model, ids, labels, **kw)["log_probs"]
+        (out * where).sum().backward()
+        grads.append([p.grad.clone() for p in tiny_model.parameters()])
+    for g_full, g_part in zip(*grads, strict=True):
+        torch.testing.assert_close(g_part, g_full, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="positions must have the shape"):
+        get_response_log_probs(tiny_model, ids, labels, positions=where[:, :4])

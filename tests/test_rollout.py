@@ -136,3 +136,73 @@ def test_max_logprob_gap_sees_whether_the_engine_holds_the_policy(tiny_model, ti
     with torch.no_grad():
         tiny_model.model.norm.weight.mul_(3.0)  # sharper next-token distributions
     assert max_logprob_gap(tiny_model, prompts, out) > 1e-2
+
+
+def test_batched_sampling_draws_what_per_row_multinomial_draws():
+    """The sampler's exponential race over a (rows, V) buffer is torch.multinomial, draw for draw."""
+    from lit_align.rollout.hf import _StepSampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3  # (rows, V)
+    seeds = [11, 12, 13, 14, 15, 16]
+    sampler = _StepSampler(seeds, 1.0, 1.0, 0, [], torch.device("cpu"))
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    probs = torch.softmax(logits, -1)
+    for _ in range(5):  # several steps: each row's generator advances the same way
+        picked = sampler(torch.zeros(6, 1, dtype=torch.long), logits).argmax(-1)
+        by_row = torch.cat(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)]
+        )
+        assert torch.equal(picked, by_row)
+    # recorded: the raw log-probs of the picks and the raw entropies
+    lp, ent = sampler.stats()
+    log_p = torch.log_softmax(logits, -1)
+    assert torch.allclose(torch.tensor(lp)[:, -1], log_p.gather(-1, picked[:, None]).squeeze(-1))
+    assert torch.allclose(torch.tensor(ent)[:, 0], -(probs * log_p).sum(-1), atol=1e-6)
+
+
+def test_sampled_log_probs_are_the_raw_models_whatever_temperature_top_p_and_min_tokens(
+    engine, tiny_tokenizer
+):
+    """Read from the decoding logits (no second pass), they still equal a teacher-forced pass."""
+    prompts = _ids(tiny_tokenizer, ["User: What is 3 + 4?", "Hi there, compute 12 + 30"])
+    cfg = SamplingConfig(
+        n=3, temperature=0.7, top_p=0.9, max_new_tokens=8, min_new_tokens=8, seed=2
+    )
+    for c in engine.generate(prompts, cfg):
+        p = prompts[c.prompt_index]
+        full = torch.tensor([p + c.token_ids])
+        with torch.no_grad():
+            ref = get_response_log_probs(engine.model, full[:, :-1], full[:, 1:], True)
+        assert len(c.token_ids) == 8
+        torch.testing.assert_close(
+            torch.tensor(c.log_probs), ref["log_probs"][0, len(p) - 1 :], rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            torch.tensor(c.entropy), ref["token_entropy"][0, len(p) - 1 :], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_shared_prefill_samples_what_a_prefill_per_row_samples(tiny_model, tiny_tokenizer):
+    prompts = _ids(tiny_tokenizer, ["User: What is 3 + 4?", "Hi", "Compute 7 * 8 please"])
+    cfg = SamplingConfig(n=4, temperature=1.0, max_new_tokens=10, seed=9)
+    shared = HFEngine.from_policy(tiny_model, tiny_tokenizer, max_batch_size=3)
+    plain = HFEngine.from_policy(tiny_model, tiny_tokenizer, max_batch_size=3, share_prefill=False)
+    a, b = shared.generate(prompts, cfg), plain.generate(prompts, cfg)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(
+            torch.tensor(x.log_probs), torch.tensor(y.log_probs), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_a_sampled_trailing_pad_token_is_kept(engine, tiny_tokenizer):
+    """generate pads a row only after it finished, so a row that never finished ran the whole
+    budget and every token of it, pad ids included, was sampled (they used to be dropped)."""
+    pad = tiny_tokenizer.pad_token_id
+    cfg = SamplingConfig(max_new_tokens=3, stop=[])
+    tokens, _, reason = engine._cut([7, pad, pad], cfg)
+    assert tokens == [7, pad, pad] and reason == "length"
+    eos = tiny_tokenizer.eos_token_id
+    assert engine._cut([7, eos, pad], cfg)[0] == [7, eos]  # padding after EOS is not part of it

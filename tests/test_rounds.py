@@ -86,3 +86,37 @@ def test_one_summary_of_graded_records_by_hand():
         "truncated_frac": 1 / 3,
     }
     assert summarize_records([])["accuracy"] == 0.0
+
+
+def test_step_micro_batches_are_length_sorted_and_each_step_keeps_its_samples():
+    """Sorting inside an optimizer step changes padding only: the step's samples are those of
+    the seeded shuffle, cut into steps, as before."""
+    import random
+
+    from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
+    from lit_align.rounds import Rollout
+
+    rng = random.Random(1)
+    samples = [
+        Rollout(
+            prompt_ids=[1] * rng.randint(3, 30),
+            completion_ids=[2] * rng.randint(1, 20),
+            rollout_log_probs=[],
+            reward=0.0,
+            advantage=0.0,
+            keep=True,
+            truncated=False,
+        )
+        for _ in range(32)
+    ]
+    sampler = StepBatchSampler(RolloutBuffer(samples), 16, 4, passes=2, seed=3)
+    size = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
+    batches = [[i for i, _, _ in b] for b in sampler]
+    assert len(batches) == 16
+    for step in range(4):
+        flat = [i for b in batches[4 * step : 4 * step + 4] for i in b]
+        assert [size[i] for i in flat] == sorted(size[i] for i in flat)
+        p, s = divmod(step, 2)  # pass p, its s-th step of 16 samples
+        order = list(range(32))
+        random.Random(3 * 7_919 + p).shuffle(order)
+        assert sorted(flat) == sorted(order[16 * s : 16 * s + 16])

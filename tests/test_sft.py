@@ -235,3 +235,77 @@ def test_real_qwen_tokenizer_ends_chat_responses_with_im_end():
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     assert end_of_response("gsm8k_chat", tokenizer) == "<|im_end|>"
     assert end_of_response("r1_zero", tokenizer) == tokenizer.eos_token
+
+
+def _padding(batches, lengths):
+    """Pad tokens ÷ all tokens when each micro-batch is padded to its longest example."""
+    padded = sum(max(lengths[i] for i, _ in b) * len(b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i, _ in b) / padded
+
+
+def test_length_grouping_cuts_padding_and_still_sees_every_example_once_per_epoch():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(100, 300) for _ in range(600)]
+    counts = [n // 2 for n in lengths]
+    plain = WindowBatchSampler(counts, 16, accumulate=2, seed=4)
+    grouped = WindowBatchSampler(counts, 16, accumulate=2, seed=4, lengths=lengths, group_size=256)
+    for sampler in (plain, grouped):
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert sorted(i for b in batches for i, _ in b) == list(range(600))
+            assert len(batches) == len(sampler) == 38  # 600 / 16, rounded up
+            for w in range(0, 36, 2):  # whole windows: normalizers still give a token mean
+                total = sum(sum(counts[i] for i, _ in b) / b[0][1] for b in batches[w : w + 2])
+                assert total / 2 == pytest.approx(1.0)
+    grouped.set_epoch(0)
+    plain.set_epoch(0)
+    assert _padding(list(plain), lengths) > 0.2
+    assert _padding(list(grouped), lengths) < 0.05
+    # seeded: the same order again, another one next epoch
+    assert list(grouped) == list(grouped)
+    grouped.set_epoch(1)
+    again = list(grouped)
+    grouped.set_epoch(0)
+    assert again != list(grouped)
+    with pytest.raises(ValueError, match="group_size needs"):
+        WindowBatchSampler(counts, 16, group_size=256)
+
+
+def test_sft_loss_of_a_micro_batch_is_the_unpadded_loss(tiny_model, tiny_tokenizer):
+    """Grouping only changes padding, and a micro-batch's loss does not depend on it: the loss
+    equals the loss of the same examples padded wider, and the token-weighted loss of each
+    example on its own (no padding at all), within 1e-5."""
+    from lit_align.losses import sft_loss
+    from lit_align.ops import get_response_log_probs, tokenize_prompt_and_output
+
+    prompts = ["Q: 1 + 2 =", "Q: what is 12 + 30, step by step?", "Hi", "Q: 7 * 8"]
+    responses = [
+        " 3<|endoftext|>",
+        " 12 + 30 = 42<|endoftext|>",
+        " hello there<|endoftext|>",
+        " 56",
+    ]
+
+    def loss_of(batch, pad_extra=0, normalizer=None):
+        ids, labels, mask = batch["input_ids"], batch["labels"], batch["response_mask"].float()
+        if pad_extra:
+            pad = torch.full((ids.shape[0], pad_extra), tiny_tokenizer.pad_token_id)
+            ids, labels = torch.cat([ids, pad], 1), torch.cat([labels, pad], 1)
+            mask = torch.cat([mask, torch.zeros(ids.shape[0], pad_extra)], 1)
+        lp = get_response_log_probs(tiny_model, ids, labels, positions=mask)["log_probs"]
+        return sft_loss(lp, mask, token_normalizer=normalizer)[0]
+
+    batch = tokenize_prompt_and_output(prompts, responses, tiny_tokenizer)
+    tokens = float(batch["response_mask"].sum())
+    with torch.no_grad():
+        tight = loss_of(batch, normalizer=tokens)
+        wide = loss_of(batch, pad_extra=37, normalizer=tokens)
+        alone = sum(
+            loss_of(tokenize_prompt_and_output([p], [r], tiny_tokenizer), normalizer=tokens)
+            for p, r in zip(prompts, responses, strict=True)
+        )
+    assert abs(float(tight) - float(wide)) < 1e-5
+    assert abs(float(tight) - float(alone)) < 1e-5

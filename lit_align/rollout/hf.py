@@ -75,10 +75,10 @@ class _StepSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float()  # (rows, V) raw logits of this step
-        log_p = torch.log_softmax(scores, dim=-1)
-        p = log_p.exp()
-        # clamp: a -inf logit has p = 0 and adds 0 (not nan) to the entropy
-        self.entropy.append(-(p * log_p.clamp_min(torch.finfo(log_p.dtype).min)).sum(-1))
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (rows, 1)
+        p = (scores - lse).exp_()
+        # H = lse - Σ p·z; where z = -inf, p = 0 and the term is 0 (nan_to_num), as it should be
+        self.entropy.append(lse.squeeze(-1) - (p * scores).nan_to_num_(0.0).sum(-1))
         masked = scores
         if len(self.log_probs) < self.min_new_tokens and self.eos_ids:
             masked = scores.clone()
@@ -87,7 +87,9 @@ class _StepSampler:
             picks = masked.argmax(-1)  # (rows,)
         else:
             picks = self._sample(masked, p if masked is scores else None)
-        self.log_probs.append(log_p.gather(-1, picks[:, None]).squeeze(-1))
+        self.log_probs.append((scores.gather(-1, picks[:, None]) - lse).squeeze(-1))
+        if self.generators is None:
+            return masked  # generate's own argmax makes the same pick
         return torch.full_like(scores, float("-inf")).scatter_(-1, picks[:, None], 0.0)
 
     def _sample(self, logits: torch.Tensor, raw_p: torch.Tensor | None) -> torch.Tensor:
@@ -151,7 +153,12 @@ class HFEngine:
 
     @classmethod
     def from_policy(
-        cls, policy: Any, tokenizer: Any, max_batch_size: int = 64, progress: bool = False
+        cls,
+        policy: Any,
+        tokenizer: Any,
+        max_batch_size: int = 64,
+        progress: bool = False,
+        share_prefill: bool = True,
     ) -> HFEngine:
         """An engine holding an unsharded copy of ``policy`` (same device and dtype).
 
@@ -161,13 +168,13 @@ class HFEngine:
         """
         sharded = any(type(p).__name__ == "DTensor" for p in policy.parameters())
         if not sharded:
-            return cls(copy.deepcopy(policy), tokenizer, max_batch_size, progress)
+            return cls(copy.deepcopy(policy), tokenizer, max_batch_size, progress, share_prefill)
         from transformers import AutoModelForCausalLM
 
         local = next(p for p in policy.parameters()).to_local()
         model = AutoModelForCausalLM.from_config(policy.config, dtype=local.dtype)
         model.generation_config = copy.deepcopy(policy.generation_config)
-        return cls(model.to(local.device), tokenizer, max_batch_size, progress)
+        return cls(model.to(local.device), tokenizer, max_batch_size, progress, share_prefill)
 
     # ------------------------------------------------------------------ weights
 

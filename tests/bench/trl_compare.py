@@ -18,7 +18,8 @@ The work (defaults for the tiny model; DIR uses the ``--real_*`` sizes):
   epoch; total non-pad tokens ÷ wall time of the epoch (first step included on both sides).
 - **gen**: ``HFEngine.generate`` vs ``model.generate`` on the same model copy, same prompts, same
   sampling (temperature 1, top-k off, P × G rows of exactly N tokens; ``--model`` DIR: greedy,
-  32 prompts × 128 tokens, both must produce the same tokens). Interleaved in one process.
+  32 GSM8K chat prompts × up to 128 tokens, both must produce the same tokens). Interleaved in
+  one process.
 
 Peak memory is the worker process's peak RSS (the interpreter and libraries included, ~0.4 GiB).
 """
@@ -50,11 +51,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def prompts_of(path: Path, count: int, tokenizer) -> list[str]:
+def prompts_of(path: Path, count: int, tokenizer, template: str = "question_only") -> list[str]:
     from lit_align.data.templates import format_prompt
 
     rows = [json.loads(line) for line in path.read_text().splitlines()[:count]]
-    return [format_prompt("question_only", r["question"], tokenizer) for r in rows]
+    return [format_prompt(template, r["question"], tokenizer) for r in rows]
 
 
 def sft_pairs(tokenizer, count: int) -> list[dict]:
@@ -233,7 +234,8 @@ def gen_pairs(a: argparse.Namespace) -> dict:
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
     engine = HFEngine(copy.deepcopy(model), tok, max_batch_size=a.prompts)
     greedy = a.greedy
-    prompts = prompts_of(DATA / "test.jsonl", a.prompts, tok)
+    template = "gsm8k_chat" if greedy else "question_only"  # greedy: a real model's eval
+    prompts = prompts_of(DATA / "test.jsonl", a.prompts, tok, template)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n = 1 if greedy else a.group
     sampling = SamplingConfig(
@@ -374,8 +376,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=None, help="GRPO/gen prompts (tiny 32, DIR 4)")
     p.add_argument("--group", type=int, default=8, help="samples per prompt")
     p.add_argument("--new_tokens", type=int, default=64, help="new tokens per sample")
-    p.add_argument("--rounds", type=int, default=None, help="GRPO rounds timed (tiny 3, DIR 2)")
-    p.add_argument("--sft_examples", type=int, default=None, help="SFT pairs (tiny 512, DIR 64)")
+    p.add_argument("--rounds", type=int, default=None, help="GRPO rounds timed (tiny 3, DIR 1)")
+    p.add_argument("--sft_examples", type=int, default=None, help="SFT pairs (tiny 512, DIR 32)")
     p.add_argument("--trl_checkpointing", action="store_true", help="TRL's default: on")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
@@ -392,8 +394,8 @@ def main() -> None:
 
     real = a.model != "tiny"
     a.prompts = a.prompts or (4 if real else 32)
-    a.rounds = a.rounds or (2 if real else 3)
-    a.sft_examples = a.sft_examples or (64 if real else 512)
+    a.rounds = a.rounds or (1 if real else 3)
+    a.sft_examples = a.sft_examples or (32 if real else 512)
     workdir = tempfile.mkdtemp(prefix="trl_compare_")
     if not real:
         a.model = str(Path(workdir) / "tiny_qwen2")
@@ -429,6 +431,10 @@ def main() -> None:
         print(f"{work}: {json.dumps(results[work])}", flush=True)
     results["load_after"] = os.getloadavg()
     print(table(results))
+    before, after = (
+        " / ".join(f"{x:.2f}" for x in results[k]) for k in ("load_before", "load_after")
+    )
+    print(f"load average (1 / 5 / 15 min): {before} before, {after} after")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 
