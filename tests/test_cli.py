@@ -184,7 +184,7 @@ def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
     scalars = _scalars(run)
     acc = scalars["val/accuracy"]
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
-    assert abs(acc[-1] - 0.727) <= 0.05, acc  # the README's figure (2 CPU cores, AVX2)
+    assert abs(acc[-1] - 0.738) <= 0.05, acc  # the README's figure (2 CPU cores, AVX2)
     assert (run / "checkpoints" / "last.ckpt").exists()  # --ckpt_path last can continue it
     elsewhere = tmp_path / "elsewhere"  # the saved config reruns from any working directory
     elsewhere.mkdir()
