@@ -27,263 +27,17 @@ Peak memory is the worker process's peak RSS (the interpreter and libraries incl
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+from trl_workers import WORKERS, gen_pairs, peak_rss_gib, sft_pairs
+
 HERE = Path(__file__).resolve()
-
-
-def digit_fraction(text: str) -> float:
-    """The cheap reward both sides use: the fraction of digits in the completion."""
-    return sum(ch.isdigit() for ch in text) / max(len(text), 1)
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def prompts_of(path: Path, count: int, tokenizer, template: str = "question_only") -> list[str]:
-    from lit_align.data.templates import format_prompt
-
-    rows = [json.loads(line) for line in path.read_text().splitlines()[:count]]
-    return [format_prompt(template, r["question"], tokenizer) for r in rows]
-
-
-def sft_pairs(tokenizer, count: int) -> list[dict]:
-    """GSM8K train pairs of 100-300 tokens (prompt + response + EOS)."""
-    rows = [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()]
-    pairs = []
-    for r in rows:
-        prompt, response = f"Question: {r['question']}\nAnswer:", " " + r["answer"]
-        n = len(tokenizer(prompt + response, add_special_tokens=False)["input_ids"]) + 1
-        if 100 <= n <= 300:
-            pairs.append({"prompt": prompt, "response": response, "tokens": n})
-        if len(pairs) == count:
-            return pairs
-    raise SystemExit(f"only {len(pairs)} GSM8K pairs of 100-300 tokens, {count} asked")
-
-
-# ---------------------------------------------------------------------- workers (subprocesses)
-
-
-def grpo_ours(a: argparse.Namespace) -> dict:
-    import lightning as L
-    import torch
-
-    from lit_align.data import RolloutDataModule
-    from lit_align.modules import GRPOModule
-    from lit_align.rewards.evaluators import RewardEvaluator
-    from lit_align.rollout import EngineConfig, SamplingConfig
-
-    class DigitFraction(RewardEvaluator):
-        component_names, total_weights = ("digits",), (1.0,)
-
-        def score(self, prompts, completions, answers):
-            return torch.tensor([[digit_fraction(c)] for c in completions])
-
-    ends: list[float] = []
-
-    class RoundTimes(L.Callback):
-        def on_train_epoch_end(self, trainer, module):
-            ends.append(time.perf_counter())
-
-    rows = a.prompts * a.group
-    module = GRPOModule(a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6))
-    dm = RolloutDataModule(
-        train_source=str(DATA / "test.jsonl"),
-        template="question_only",
-        group_size=a.group,
-        rollout_batch_size=rows,
-        train_batch_size=rows,
-        micro_batch_size=rows // 4,
-        sampling=SamplingConfig(
-            temperature=1.0, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, stop=[]
-        ),
-        evaluator=DigitFraction(),
-        engine=EngineConfig(backend="hf", max_batch_size=a.prompts),
-        zero_signal_rounds=None,
-    )
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, max_epochs=a.rounds + 1, reload_dataloaders_every_n_epochs=1,
-        callbacks=[RoundTimes()],
-    )  # fmt: skip
-    trainer.fit(module, dm)
-    return {"seconds": statistics.median(b - e for e, b in itertools.pairwise(ends))}
-
-
-def grpo_trl(a: argparse.Namespace) -> dict:
-    from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    tok = AutoTokenizer.from_pretrained(a.model)
-    prompts = prompts_of(DATA / "test.jsonl", a.prompts * (a.rounds + 1), tok)
-    ends: list[float] = []
-
-    class RoundTimes(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            ends.append(time.perf_counter())
-
-    def reward(completions, **kw):
-        return [digit_fraction(c) for c in completions]
-
-    config = GRPOConfig(
-        output_dir=a.workdir, per_device_train_batch_size=a.prompts * a.group // 4,
-        gradient_accumulation_steps=4, num_generations=a.group, max_completion_length=a.new_tokens,
-        generation_kwargs={"min_new_tokens": a.new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
-        learning_rate=1e-6, loss_type="grpo", beta=0.0, max_steps=a.rounds + 1, bf16=False,
-        gradient_checkpointing=a.trl_checkpointing, logging_steps=1, report_to="none",
-        save_strategy="no", disable_tqdm=True, model_init_kwargs={"dtype": "float32"},
-    )  # fmt: skip
-    trainer = GRPOTrainer(
-        model=a.model, reward_funcs=reward, args=config,
-        train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
-        callbacks=[RoundTimes()],
-    )  # fmt: skip
-    trainer.train()
-    return {"seconds": statistics.median(b - e for e, b in itertools.pairwise(ends))}
-
-
-def sft_ours(a: argparse.Namespace) -> dict:
-    import lightning as L
-    import torch
-
-    from lit_align.data import SFTDataModule
-    from lit_align.modules import SFTModule
-
-    times: list[float] = []
-
-    class EpochTime(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if not times:
-                times.append(time.perf_counter())
-
-        def on_train_epoch_end(self, trainer, module):
-            times.append(time.perf_counter())
-
-    module = SFTModule(a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
-    dm = SFTDataModule(
-        train_source=a.pairs_file, template="question_only", micro_batch_size=16, batch_size=16
-    )
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, max_epochs=1, callbacks=[EpochTime()],
-    )  # fmt: skip
-    trainer.fit(module, dm)
-    return {"seconds": times[-1] - times[0]}
-
-
-def sft_trl(a: argparse.Namespace) -> dict:
-    from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    rows = [json.loads(line) for line in Path(a.pairs_file).read_text().splitlines()]
-    data = Dataset.from_dict(
-        {"prompt": [r["prompt"] for r in rows], "completion": [r["response"] for r in rows]}
-    )
-    times: list[float] = []
-
-    class EpochTime(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if not times:
-                times.append(time.perf_counter())
-
-        def on_epoch_end(self, args, state, control, **kw):
-            times.append(time.perf_counter())
-
-    config = SFTConfig(
-        output_dir=a.workdir, per_device_train_batch_size=16, num_train_epochs=1,
-        learning_rate=1e-5, bf16=False, gradient_checkpointing=False, max_length=None,
-        packing=False, padding_free=False, completion_only_loss=True, logging_steps=10,
-        report_to="none", save_strategy="no", disable_tqdm=True,
-        model_init_kwargs={"dtype": "float32"},
-    )  # fmt: skip
-    tok = AutoTokenizer.from_pretrained(a.model)
-    trainer = SFTTrainer(
-        model=a.model, args=config, train_dataset=data, processing_class=tok,
-        callbacks=[EpochTime()],
-    )  # fmt: skip
-    trainer.train()
-    return {"seconds": times[-1] - times[0]}
-
-
-def gen_pairs(a: argparse.Namespace) -> dict:
-    """Both sides in one process, alternating, on copies of the same model."""
-    import copy
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lit_align.rollout import HFEngine, SamplingConfig
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
-    engine = HFEngine(copy.deepcopy(model), tok, max_batch_size=a.prompts)
-    greedy = a.greedy
-    template = "gsm8k_chat" if greedy else "question_only"  # greedy: a real model's eval
-    prompts = prompts_of(DATA / "test.jsonl", a.prompts, tok, template)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    n = 1 if greedy else a.group
-    sampling = SamplingConfig(
-        n=n, temperature=0.0 if greedy else 1.0, max_new_tokens=a.new_tokens,
-        min_new_tokens=0 if greedy else a.new_tokens, stop=[], seed=1,
-    )  # fmt: skip
-    width = max(map(len, ids))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    left = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
-    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
-
-    def ours():
-        out = engine.generate(ids, sampling)
-        return sum(len(c.token_ids) for c in out), [c.token_ids for c in out]
-
-    def peer():
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=left, attention_mask=mask, do_sample=not greedy, top_k=None,
-                top_p=None, temperature=None if greedy else 1.0, num_return_sequences=n,
-                max_new_tokens=a.new_tokens, min_new_tokens=0 if greedy else a.new_tokens,
-                pad_token_id=pad,
-            )  # fmt: skip
-        new = out[:, width:].tolist()
-        eos = tok.eos_token_id
-        cut = [r[: r.index(eos) + 1] if eos in r else r for r in new]
-        return sum(map(len, cut)), cut
-
-    ours(), peer()  # warm-up
-    rows = []
-    for k in range(a.pairs):
-        run = {}
-        for side, fn in (("ours", ours), ("peer", peer))[:: 1 if k % 2 == 0 else -1]:
-            start = time.perf_counter()
-            tokens, texts = fn()
-            run[side] = {"seconds": time.perf_counter() - start, "tokens": tokens, "ids": texts}
-        same = run["ours"]["ids"] == run["peer"]["ids"] if greedy else None
-        rows.append({s: {k2: v for k2, v in run[s].items() if k2 != "ids"} for s in run})
-        rows[-1]["same_tokens"] = same
-    return {"pairs": rows, "peak_rss_gib": peak_rss_gib()}
-
-
-WORKERS = {
-    ("grpo", "ours"): grpo_ours,
-    ("grpo", "trl"): grpo_trl,
-    ("sft", "ours"): sft_ours,
-    ("sft", "trl"): sft_trl,
-}
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -336,7 +90,9 @@ def summarize(work: str, pairs: list[dict], a: argparse.Namespace) -> dict:
             "time_ratio": statistics.median(o / p for o, p in zip(ours, peer, strict=True)),
             "ours_tok_s": tokens / statistics.median(ours),
             "peer_tok_s": pairs[0]["peer"]["tokens"] / statistics.median(peer),
-            "same_tokens": all(p.get("same_tokens") is not False for p in pairs),
+            # greedy only: sampled rows come from different generators on the two sides
+            "same_tokens": None if pairs[0].get("same_tokens") is None
+            else all(p["same_tokens"] for p in pairs),
         }  # fmt: skip
     ours = [p["ours"]["seconds"] for p in pairs]
     trl = [p["trl"]["seconds"] for p in pairs]
@@ -389,14 +145,18 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
-
-    from transformers import AutoTokenizer
-
     real = a.model != "tiny"
     a.prompts = a.prompts or (4 if real else 32)
     a.rounds = a.rounds or (1 if real else 3)
     a.sft_examples = a.sft_examples or (32 if real else 512)
-    workdir = tempfile.mkdtemp(prefix="trl_compare_")
+    with tempfile.TemporaryDirectory(prefix="trl_compare_") as workdir:
+        run(a, workdir)
+
+
+def run(a: argparse.Namespace, workdir: str) -> None:
+    from transformers import AutoTokenizer
+
+    real = a.model != "tiny"
     if not real:
         a.model = str(Path(workdir) / "tiny_qwen2")
         tiny_model(Path(a.model))
@@ -457,7 +217,7 @@ def table(r: dict) -> str:
         g = r["gen"]
         lines.append(
             f"| generation | {g['ours_tok_s']:.0f} tok/s | model.generate {g['peer_tok_s']:.0f} tok/s"
-            f" | {g['time_ratio']:.2f}× its time | same tokens: {g['same_tokens']} |"
+            f" | {g['time_ratio']:.2f}× its time | same tokens: {g['same_tokens'] or '(sampled)'} |"
         )
     return "\n".join(lines)
 
