@@ -9,11 +9,11 @@ the per-pair ratios, the raw times, peak memory and the load average:
     python tests/bench/trl_compare.py --model DIR          # e.g. SmolLM2-135M-Instruct (smaller work)
     python tests/bench/trl_compare.py --only gen --pairs 5 --json out.json
 
-The work (defaults for the tiny model; DIR uses the ``--real_*`` sizes):
+The work (defaults for the tiny model; a DIR gets smaller sizes, see --help):
 - **grpo**: P prompts (GSM8K test questions) × G samples × exactly N new tokens (EOS suppressed on
   both sides: ``min_new_tokens``), a cheap reward (digit fraction), one AdamW step of grpo_clip in
-  4 micro-batches, no reference model, no gradient checkpointing (TRL: ``--trl_checkpointing``
-  adds its default). Time per round, measured over rounds 2..R+1 (round 1 warms up).
+  4 micro-batches, no reference model (``--kl 0.04`` loads one on each side: kl_coef / beta), no
+  gradient checkpointing (TRL: ``--trl_checkpointing`` adds its default). Time per round, measured over rounds 2..R+1 (round 1 warms up).
 - **sft**: GSM8K train question/answer pairs of 100–300 tokens, batch 16, response-only loss, one
   epoch; total non-pad tokens ÷ wall time of the epoch (first step included on both sides).
 - **gen**: ``HFEngine.generate`` vs ``model.generate`` on the same model copy, same prompts, same
@@ -65,6 +65,7 @@ def spawn(a: argparse.Namespace, work: str, side: str, workdir: str) -> dict:
     cmd += ["--prompts", str(a.prompts), "--group", str(a.group)]
     cmd += ["--new_tokens", str(a.new_tokens), "--rounds", str(a.rounds)]
     cmd += ["--trl_checkpointing"] * a.trl_checkpointing + ["--greedy"] * a.greedy
+    cmd += ["--kl", str(a.kl)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL if not a.verbose else None)
     return json.loads(result.read_text())
@@ -135,6 +136,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=None, help="GRPO rounds timed (tiny 3, DIR 1)")
     p.add_argument("--sft_examples", type=int, default=None, help="SFT pairs (tiny 512, DIR 32)")
     p.add_argument("--trl_checkpointing", action="store_true", help="TRL's default: on")
+    p.add_argument("--kl", type=float, default=0.0, help="GRPO KL coefficient (> 0: a reference)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     # worker-only

@@ -73,7 +73,9 @@ def grpo_ours(a: argparse.Namespace) -> dict:
             ends.append(time.perf_counter())
 
     rows = a.prompts * a.group
-    module = GRPOModule(a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6))
+    module = GRPOModule(
+        a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6), kl_coef=a.kl
+    )
     dm = RolloutDataModule(
         train_source=str(DATA / "test.jsonl"),
         template="question_only",
@@ -118,7 +120,7 @@ def grpo_trl(a: argparse.Namespace) -> dict:
         output_dir=a.workdir, per_device_train_batch_size=a.prompts * a.group // 4,
         gradient_accumulation_steps=4, num_generations=a.group, max_completion_length=a.new_tokens,
         generation_kwargs={"min_new_tokens": a.new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
-        learning_rate=1e-6, loss_type="grpo", beta=0.0, max_steps=a.rounds + 1, bf16=False,
+        learning_rate=1e-6, loss_type="grpo", beta=a.kl, max_steps=a.rounds + 1, bf16=False,
         gradient_checkpointing=a.trl_checkpointing, logging_steps=1, report_to="none",
         save_strategy="no", disable_tqdm=True, model_init_kwargs={"dtype": "float32"},
     )  # fmt: skip
