@@ -153,8 +153,11 @@ class GRPOModule(PolicyModule):
             return
         was_training = self.policy.training
         self.policy.eval()
+        # shortest first: micro-batches of similar lengths carry little padding
+        size = [len(r.prompt_ids) + len(r.completion_ids) for r in buffer.samples]
+        order = sorted(range(len(buffer)), key=size.__getitem__)
         for start in range(0, len(buffer), dm.micro_batch_size):
-            indices = list(range(start, min(start + dm.micro_batch_size, len(buffer))))
+            indices = order[start : start + dm.micro_batch_size]
             batch = buffer.collate(indices, with_stored=False)
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
             where = batch["completion_mask"].to(self.device)  # only response tokens are stored
