@@ -131,7 +131,7 @@ def compute_policy_gradient_loss(
     old_log_probs: Tensor | None = None,
     cliprange: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The reference API's dispatch over the per-token loss types; returns ((B, T) loss, metadata)."""
+    """The CS336 assignment API's dispatch over the per-token loss types; returns ((B, T) loss, metadata)."""
     return compute_per_token_policy_loss(
         policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs, cliprange
     )
@@ -143,7 +143,7 @@ def sft_microbatch_train_step(
     gradient_accumulation_steps: int,
     normalize_constant: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One SFT micro-batch: the reference loss ÷ ``gradient_accumulation_steps``, then ``backward()``.
+    """One SFT micro-batch: the assignment's loss ÷ ``gradient_accumulation_steps``, then ``backward()``.
 
     loss = mean over the batch of (−sum of masked log-probs ÷ ``normalize_constant``) ÷ steps.
     """

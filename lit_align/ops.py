@@ -86,7 +86,7 @@ def compute_entropy(logits: Tensor) -> Tensor:
 def guarded_masked_mean(tensor: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of ``tensor`` over the entries where ``mask`` is 1, guarded: a slice with no masked
     entry gives 0 rather than NaN (the count is clamped to 1), so all-padding rows never poison a
-    loss. (:func:`lit_align.compat.masked_mean` keeps the reference's 0/0 = NaN instead.)
+    loss. (:func:`lit_align.compat.masked_mean` keeps the CS336 assignment's 0/0 = NaN instead.)
 
     Args:
         tensor: any shape.

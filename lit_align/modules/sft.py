@@ -16,8 +16,8 @@ class SFTModule(PolicyModule):
 
     Args:
         loss_aggregation: ``token_mean`` (mean NLL over the response tokens of the whole
-            accumulation window, exact under gradient accumulation) or ``sum_norm`` (the CS336
-            seed: each sequence's summed NLL ÷ ``normalize_constant``, averaged over sequences).
+            accumulation window, exact under gradient accumulation) or ``sum_norm`` (CS336
+            assignment 5's: each sequence's summed NLL ÷ ``normalize_constant``, averaged over sequences).
         normalize_constant: divisor of ``sum_norm``.
         **kwargs: see :class:`~lit_align.modules.base.PolicyModule` (model, optimizer, scheduler,
             evaluator, validation sampling).
