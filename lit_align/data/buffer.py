@@ -30,6 +30,12 @@ class RolloutBuffer(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def shortest_first(self, indices: Sequence[int] | None = None) -> list[int]:
+        """``indices`` (default: all) sorted by total length, prompt + completion; stable."""
+        order = range(len(self.samples)) if indices is None else indices
+        s = self.samples
+        return sorted(order, key=lambda i: len(s[i].prompt_ids) + len(s[i].completion_ids))
+
     def __getitem__(self, key: tuple[int, float, float]) -> tuple[int, float, float]:
         return key  # collate does the work, once per micro-batch
 
@@ -108,8 +114,7 @@ class StepBatchSampler(Sampler[list[tuple[int, float, float]]]):
             order = list(range(len(buffer)))
             random.Random(seed * 7_919 + p).shuffle(order)
             self.steps += [order[s : s + step_size] for s in range(0, len(order), step_size)]
-        size = [len(r.prompt_ids) + len(r.completion_ids) for r in buffer.samples]
-        self.steps = [sorted(step, key=size.__getitem__) for step in self.steps]  # stable
+        self.steps = [buffer.shortest_first(step) for step in self.steps]
         kept = [[buffer.samples[i] for i in step if buffer.samples[i].keep] for step in self.steps]
         # (steps, 2): sequences and tokens that count in the loss, on this rank
         self.step_counts = torch.tensor(

@@ -153,9 +153,7 @@ class GRPOModule(PolicyModule):
             return
         was_training = self.policy.training
         self.policy.eval()
-        # shortest first: micro-batches of similar lengths carry little padding
-        size = [len(r.prompt_ids) + len(r.completion_ids) for r in buffer.samples]
-        order = sorted(range(len(buffer)), key=size.__getitem__)
+        order = buffer.shortest_first()  # micro-batches of similar lengths: little padding
         for start in range(0, len(buffer), dm.micro_batch_size):
             indices = order[start : start + dm.micro_batch_size]
             batch = buffer.collate(indices, with_stored=False)
