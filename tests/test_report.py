@@ -15,6 +15,7 @@ from lit_align.cli import main
 from lit_align.report import find_runs, first_reach, run_report
 from lit_align.report.figures import smooth
 from lit_align.report.runs import Series
+from tests.figures import figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,8 +174,8 @@ def test_the_demo_sweep_and_its_report_from_the_command_line(tmp_path):
         assert values[-1] > values[0] + 0.05, values  # it learns
     assert finals["large"] > finals["small"]
     # the README's figures (2 CPU cores, fixed seeds; ±0.05)
-    assert finals["small"] == pytest.approx(0.402, abs=0.05)
-    assert finals["large"] == pytest.approx(0.512, abs=0.05)
+    assert finals["small"] == pytest.approx(figure("sweep_demo_small_final"), abs=0.05)
+    assert finals["large"] == pytest.approx(figure("sweep_demo_large_final"), abs=0.05)
     assert "## Scaling" in text and "the parameters" in text
     for stem in ("scaling", "compare_step", "compare_time", "curves_00", "curves_01"):
         assert (out / f"{stem}.png").stat().st_size > 10_000
