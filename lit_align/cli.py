@@ -13,128 +13,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
-
-from lit_align.commands import run_eval, run_generate
-from lit_align.rollout.openai_api import APIError
-
-__all__ = ["LitAlignCLI", "main", "run_eval", "run_generate"]
-
-
-class LitAlignCLI(LightningCLI):
-    """LightningCLI in subclass mode over lit_align's modules (SFTModule, GRPOModule) and
-    DataModules; the resolved config is saved in each run directory.
-
-    ``warm_start`` runs another config first when its output is missing (the GRPO demo starts
-    from a short SFT run that the same command performs).
-    """
-
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        from jsonargparse.typing import Path_fr
-
-        parser.add_argument(
-            "--warm_start.config",
-            type=Path_fr | None,
-            default=None,
-            help="a config to fit first when warm_start.output does not exist (e.g. a short SFT "
-            "run); relative to the config file that names it",
-        )
-        parser.add_argument(
-            "--warm_start.output",
-            type=str | None,
-            default=None,
-            help="the directory that warm_start.config produces (an HF model to start from)",
-        )
-        parser.add_argument(
-            "--warm_start.args",
-            type=list[str],
-            default=[],
-            help="extra command-line arguments for the warm-start run",
-        )
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            self._continue_last_run(config)
-        self._warm_start(config)
-
-    def _preflight(self) -> None:
-        # Bad settings and bad data fail here, before Lightning creates the run directory.
-        preflight = getattr(self.datamodule, "preflight", None)
-        if callable(preflight):
-            preflight(self.trainer)
-
-    def before_fit(self) -> None:
-        self._preflight()
-
-    def before_validate(self) -> None:
-        self._preflight()
-
-    def _continue_last_run(self, config: Any) -> None:
-        """``--ckpt_path last``: continue the newest run of this config, in its own directory.
-
-        Lightning alone would look for ``last.ckpt`` in a new ``version_N`` and, finding none,
-        train from scratch. Here the newest ``version_N`` with ``checkpoints/last.ckpt`` is
-        reused (logs continue in it) and its checkpoint restored; with none, the run refuses.
-        """
-        from pathlib import Path
-
-        logger = config.get("trainer", {}).get("logger")
-        init = getattr(logger, "init_args", None)
-        if init is None or init.get("save_dir") is None:
-            raise SystemExit(
-                "lit_align: --ckpt_path last needs a logger with save_dir and name "
-                "(trainer.logger) to find the run to continue; or pass a checkpoint file"
-            )
-        root = Path(init["save_dir"]) / (init.get("name") or "lightning_logs")
-        found = sorted(
-            (int(d.name.removeprefix("version_")), d)
-            for d in root.glob("version_*")
-            if d.name.removeprefix("version_").isdigit() and (d / "checkpoints/last.ckpt").exists()
-        )
-        if not found:
-            raise SystemExit(
-                f"lit_align: --ckpt_path last: no run to continue: no {root}/version_*/checkpoints/"
-                "last.ckpt. Start a new run without --ckpt_path, or keep ModelCheckpoint("
-                "save_last: true) in trainer.callbacks (lit_align's configs do)."
-            )
-        version, run = found[-1]
-        init["version"] = version
-        config["ckpt_path"] = str((run / "checkpoints" / "last.ckpt").resolve())
-        self.save_config_kwargs["overwrite"] = True  # the same run's config.yaml, now resumed
-        print(f"lit_align: continuing {run} from {config['ckpt_path']}")
-
-    def _warm_start(self, config: Any) -> None:
-        warm = config.get("warm_start")
-        if not warm or not warm.get("config") or not warm.get("output"):
-            return
-        from pathlib import Path
-
-        from jsonargparse.typing import Path_fr
-
-        # Saved absolute, so the run's config.yaml reruns from any working directory (the path
-        # was relative to the config file that named it).
-        warm["config"] = Path_fr(warm["config"].absolute)
-        if Path(warm["output"]).exists():
-            return
-        warm_config = warm["config"].absolute
-        print(f"lit_align: {warm['output']} is missing; running the warm start {warm_config} first")
-        import subprocess
-
-        command = [
-            sys.executable,
-            "-m",
-            "lit_align.cli",
-            "fit",
-            "--config",
-            warm_config,
-            *warm.get("args", []),
-        ]
-        subprocess.run(command, check=True)
-        if not Path(warm["output"]).exists():
-            raise FileNotFoundError(f"warm start {warm_config} did not produce {warm['output']}")
+__all__ = ["main"]
 
 
 def _version(args: list[str]) -> None:
@@ -146,13 +26,17 @@ def _version(args: list[str]) -> None:
 def _eval(args: list[str]) -> None:
     from jsonargparse import CLI
 
-    CLI(run_eval, args=args[1:], as_positional=False)
+    from lit_align.commands import run_eval
+
+    CLI(run_eval, args=args[1:], as_positional=False, exit_on_error=False)
 
 
 def _generate(args: list[str]) -> None:
     from jsonargparse import CLI
 
-    CLI(run_generate, args=args[1:], as_positional=False)
+    from lit_align.commands import run_generate
+
+    CLI(run_generate, args=args[1:], as_positional=False, exit_on_error=False)
 
 
 def _sweep(args: list[str]) -> None:
@@ -200,7 +84,7 @@ def _judge_check(args: list[str]) -> None:
 
     from lit_align.judge_check import run_judge_check
 
-    CLI(run_judge_check, args=args[1:], as_positional=False)
+    CLI(run_judge_check, args=args[1:], as_positional=False, exit_on_error=False)
 
 
 def _usage(args: list[str]) -> None:
@@ -212,6 +96,8 @@ def _usage(args: list[str]) -> None:
 
 
 def _lightning(args: list[str]) -> None:
+    from lit_align.lightning_cli import LitAlignCLI
+
     # From the console script, LightningCLI reads sys.argv itself (passing the same list as
     # args would make it warn that both were given).
     LitAlignCLI(args=None if args == sys.argv[1:] else args)
@@ -241,7 +127,20 @@ _SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lit_align`` console script."""
+    """Entry point of the ``lit_align`` console script.
+
+    Returns the exit status: 0 done, 1 bad input or a failed run (one line: the key or file, the
+    problem, the fix; ``LIT_ALIGN_DEBUG=1`` raises instead), 2 a command line or config file
+    that does not parse, 143 stopped by SIGTERM after saving ``last.ckpt`` (128 + 15, what a
+    scheduler expects of a terminated job; ``--ckpt_path last`` continues it).
+    """
+    import argparse
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_align.cli_errors import one_line
+    from lit_align.rollout.openai_api import APIError
+
     args = sys.argv[1:] if argv is None else list(argv)
     name = args[0] if args else "--help"
     if name not in _SUBCOMMANDS:
@@ -249,19 +148,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlit_align: unknown subcommand {name!r}", file=sys.stderr)
         return 2
     handler, _ = _SUBCOMMANDS[name]
+    debug = bool(os.environ.get("LIT_ALIGN_DEBUG"))
     try:
         handler(args)
-    except (ValueError, OSError, ImportError, APIError) as err:  # bad input: cause and fix
-        if os.environ.get("LIT_ALIGN_DEBUG"):
+    except SIGTERMException:
+        print("lit_align: stopped by SIGTERM (exit 143)", file=sys.stderr, flush=True)
+        return 143
+    except argparse.ArgumentError as err:
+        if debug:
             raise
-        print(
-            f"lit_align: error: {err}\n(set LIT_ALIGN_DEBUG=1 for the full traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _fail(one_line(err), 2)
+    except (ValueError, OSError, ImportError, APIError) as err:  # bad input
+        if debug:
+            raise
+        return _fail(one_line(err), 1)
     finally:
         close_process_group()
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(
+        f"lit_align: error: {message}\n(set LIT_ALIGN_DEBUG=1 for the full traceback)",
+        file=sys.stderr,
+    )
+    return code
 
 
 def close_process_group() -> None:

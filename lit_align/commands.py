@@ -80,9 +80,11 @@ def run_eval(
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import stop_strings_for
     from lit_align.evaluation import evaluate, format_summary, write_results
+    from lit_align.models import check_model_source
     from lit_align.rollout.base import SamplingConfig
     from lit_align.rollout.factory import engine_for_model
 
+    check_model_source(model)  # a mistyped run directory fails first, as a path
     earlier = [n for n in ("metrics.json", "generations.jsonl") if (Path(output_dir) / n).exists()]
     if earlier and not overwrite:
         raise FileExistsError(
@@ -289,6 +291,10 @@ def run_generate(
         raise ValueError("--backend openai needs --base_url (e.g. http://127.0.0.1:8000/v1)")
     if backend != "openai" and (base_url or api_key_env):
         raise ValueError(f"--base_url and --api_key_env are for --backend openai, not {backend}")
+    if backend != "openai":
+        from lit_align.models import check_model_source
+
+        check_model_source(model)
     if system_prompt is None:
         system_prompt = GOLD_SYSTEM_PROMPTS.get(template)
     evaluator = evaluator if evaluator is not None else default_evaluator(template)

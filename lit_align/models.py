@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ __all__ = [
     "CHATML_TEMPLATE",
     "build_tiny_model",
     "build_tiny_tokenizer",
+    "check_model_source",
     "load_model_and_tokenizer",
     "load_tokenizer",
     "parse_tiny_spec",
@@ -71,6 +73,27 @@ def resolve_attn_implementation(attn_implementation: AttnImpl = "auto") -> str:
     return "sdpa"
 
 
+# A hub repo id: ``name`` or ``namespace/name`` (letters, digits, -, _, .), as the hub allows.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_source(name_or_path: str | Path) -> None:
+    """Raise ``FileNotFoundError`` for a model path that does not exist (instead of the hub's
+    "Repo id must be in the form …"): anything that is not a local directory, a ``tiny:`` spec
+    or shaped like a hub repo id (``name`` or ``namespace/name``) is a path."""
+    name = str(name_or_path)
+    if name.startswith("tiny:") or name == "tiny" or Path(name).exists():
+        return
+    if _REPO_ID.match(name) and not name.startswith((".", "~")) and "\\" not in name:
+        return
+    parent = next((p for p in Path(name).absolute().parents if p.exists()), None)
+    raise FileNotFoundError(
+        f"model {name}: no such directory (nearest existing folder: {parent}); pass a local "
+        "model directory (e.g. a run's hf_model/), a hub id such as Qwen/Qwen2.5-Math-1.5B, "
+        "or tiny:… for a model built in code"
+    )
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path,
     dtype: str | torch.dtype = "auto",
@@ -107,6 +130,7 @@ def load_model_and_tokenizer(
         model = model.to(resolve_dtype(dtype)) if dtype != "auto" else model
         return _finish(model, gradient_checkpointing, device), tokenizer
 
+    check_model_source(name)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code, padding_side)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path),
@@ -125,6 +149,7 @@ def load_tokenizer(
     """The tokenizer of a hub id or local directory, with a pad token (eos when it had none)."""
     from transformers import AutoTokenizer
 
+    check_model_source(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, padding_side=padding_side
     )

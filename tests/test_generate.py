@@ -9,7 +9,8 @@ import re
 import lightning as L
 import pytest
 
-from lit_align.cli import main, run_generate
+from lit_align.cli import main
+from lit_align.commands import run_generate
 from lit_align.data import SFTDataModule
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import GSM8K_SYSTEM_PROMPT

@@ -210,10 +210,12 @@ class TaskDataModule(L.LightningDataModule):
         """Raise ValueError, with the fix, for trainer settings this DataModule cannot run with."""
         self.check_sharding(trainer)
 
-    def preflight(self, trainer: Any) -> None:
+    def preflight(self, trainer: Any | None) -> None:
         """Check the trainer's settings and load the data before anything is written (the CLI
-        calls it before a run directory exists), so bad input fails first and leaves nothing."""
-        self.check_trainer(trainer)
+        calls it before a run directory exists), so bad input fails first and leaves nothing.
+        Without a trainer (a warm start has to run first) only the data is loaded."""
+        if trainer is not None:
+            self.check_trainer(trainer)
         for args in self.data_sources():
             self.load(*args)
 

@@ -213,7 +213,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield where, json.loads(line)
+                yield where, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 yield (
                     where,
