@@ -16,10 +16,10 @@ from lit_align.evaluation import log_generations
 from lit_align.metrics import ROLLOUT_FRACTION, ROLLOUT_S, TRAIN_S
 from lit_align.rounds import Round
 
-__all__ = ["GenerationSamples", "Throughput"]
+__all__ = ["GenerationSamples", "Throughput", "latest_round"]
 
 
-def _latest_round(trainer: L.Trainer) -> Round | None:
+def latest_round(trainer: L.Trainer) -> Round | None:
     """The DataModule's latest round; None for DataModules without rollouts (SFT)."""
     latest = getattr(trainer.datamodule, "round", None)
     return latest if isinstance(latest, Round) else None
@@ -43,7 +43,7 @@ class GenerationSamples(L.Callback):
         self.jsonl = jsonl
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        latest = _latest_round(trainer)
+        latest = latest_round(trainer)
         records = latest.records if latest is not None else None
         writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
         if not records or not trainer.is_global_zero or not hasattr(writer, "add_text"):
@@ -88,7 +88,7 @@ class Throughput(L.Callback):
             TRAIN_S: train_s,
             "time/train_tokens_per_s": self._tokens / max(train_s, 1e-9),
         }
-        latest = _latest_round(trainer)
+        latest = latest_round(trainer)
         rollout_s = latest.metrics.get(ROLLOUT_S) if latest is not None else None
         if rollout_s is not None:
             metrics[ROLLOUT_FRACTION] = rollout_s / max(rollout_s + train_s, 1e-9)

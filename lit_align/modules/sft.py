@@ -52,9 +52,8 @@ class SFTModule(PolicyModule):
             token_normalizer=batch.get("token_normalizer"),
         )
         batch_size = mask.shape[0]
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size
-        )
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
         self.log(
             "train/nll_per_token",
             guarded_masked_mean(-out["log_probs"].detach(), mask),

@@ -16,6 +16,7 @@ Kinds (``--kind``; by default every kind the runs allow):
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from lit_align.report.figures import (
     sft_vs_rl_figure,
 )
 from lit_align.report.runs import ACCURACY, Run, Series, find_runs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "Report", "first_reach", "run_report"]
 
@@ -219,8 +222,21 @@ def _sft_vs_rl(report: Report) -> None:
                           ("final_accuracy", "final val accuracy"), ("grpo_step", "GRPO step reaching it"),
                           ("steps_per_example", "GRPO steps per example")])  # fmt: skip
     figure = _save(report, "sft_vs_rl", sft_vs_rl_figure(sft, rl, matches))
+    differ = [run.name for run, _, _ in sft if run.validation_set != rl[0].validation_set]
+    warning = (
+        f"**Warning: not comparable.** {', '.join(differ)} validated on another set than "
+        f"{rl[0].name} (source, split, limit, template or seed differ: "
+        f"{rl[0].validation_set} vs {sft[0][0].validation_set}); rerun with the same "
+        "data.init_args.val_source, val_limit and template."
+        if differ
+        else ""
+    )
+    if warning:
+        log.warning(warning.replace("**", ""))
     report.sections.append(
-        "\n".join(["## SFT vs RL", "", estimate, "", method, "", table, "", figure, ""])
+        "\n".join(
+            ["## SFT vs RL", "", warning, "", estimate, "", method, "", table, "", figure, ""]
+        )
     )
 
 

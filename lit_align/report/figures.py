@@ -60,6 +60,14 @@ PANELS: list[tuple[str, str, Callable[[Sequence[str]], list[str]]]] = [
     ("Clip fraction", "fraction", _fixed("train/clip_frac")),
 ]
 
+# Panels that are flat at 0 in an on-policy run (one optimizer step per round: the policy is the
+# one that sampled the round, so the ratio is 1), which looks broken unless said.
+ZERO_ON_POLICY = {
+    "KL": "0 at every step: on-policy (one optimizer\nstep per round), the policy is the one that\n"
+    "sampled the round; KL to a reference needs kl_coef > 0",
+    "Clip fraction": "0 at every step: on-policy (one optimizer\nstep per round), the ratio is 1",
+}
+
 _LABELS = {
     ACCURACY: "validation accuracy",
     "rollout/accuracy": "samples' accuracy",
@@ -122,6 +130,11 @@ def curves_figure(run: Run) -> Figure | None:
         for i, tag in enumerate(chosen):
             series = run.scalars[tag]
             ax.plot(series.steps, series.values, label=metric_label(tag), **_style(i))
+        if title in ZERO_ON_POLICY and all(
+            abs(v) < 1e-12 for tag in chosen for v in run.scalars[tag].values
+        ):
+            ax.text(0.5, 0.5, ZERO_ON_POLICY[title], ha="center", va="center", fontsize=7,
+                    transform=ax.transAxes)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)

@@ -75,6 +75,20 @@ class Run:
         return str(self.config.get("model", {}).get("class_path", "?")).rsplit(".", 1)[-1]
 
     @property
+    def validation_set(self) -> tuple[Any, ...]:
+        """What the run validated on: (source, split, limit, template, seed for synthetic tasks)."""
+        init = self.config.get("data", {}).get("init_args", {}) or {}
+        source = init.get("val_source")
+        seed = init.get("seed", 0) if str(source).startswith("synthetic:") else None
+        return (
+            source,
+            init.get("val_split", "test"),
+            init.get("val_limit"),
+            init.get("template"),
+            seed,
+        )
+
+    @property
     def datamodule(self) -> str:
         """The DataModule's class name (``SFTDataModule``, ``RolloutDataModule``, …) or ``?``."""
         return str(self.config.get("data", {}).get("class_path", "?")).rsplit(".", 1)[-1]
