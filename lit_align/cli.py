@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["main"]
 
@@ -23,20 +24,30 @@ def _version(args: list[str]) -> None:
     print(__version__)
 
 
-def _eval(args: list[str]) -> None:
+def _function_cli(function: Callable[..., Any], args: list[str]) -> None:
+    """``lit_align eval|generate|judge-check``: a function's keyword arguments as flags."""
+    import argparse
+    import inspect
+
     from jsonargparse import CLI
 
+    try:
+        CLI(function, args=args[1:], as_positional=False, exit_on_error=False)
+    except argparse.ArgumentError as err:
+        err.accepted_keys = list(inspect.signature(function).parameters)  # for "did you mean"
+        raise
+
+
+def _eval(args: list[str]) -> None:
     from lit_align.commands import run_eval
 
-    CLI(run_eval, args=args[1:], as_positional=False, exit_on_error=False)
+    _function_cli(run_eval, args)
 
 
 def _generate(args: list[str]) -> None:
-    from jsonargparse import CLI
-
     from lit_align.commands import run_generate
 
-    CLI(run_generate, args=args[1:], as_positional=False, exit_on_error=False)
+    _function_cli(run_generate, args)
 
 
 def _sweep(args: list[str]) -> None:
@@ -80,11 +91,9 @@ def _report(args: list[str]) -> None:
 
 
 def _judge_check(args: list[str]) -> None:
-    from jsonargparse import CLI
-
     from lit_align.judge_check import run_judge_check
 
-    CLI(run_judge_check, args=args[1:], as_positional=False, exit_on_error=False)
+    _function_cli(run_judge_check, args)
 
 
 def _usage(args: list[str]) -> None:

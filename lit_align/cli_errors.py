@@ -35,6 +35,8 @@ _PARSER_KEY = re.compile(r'^Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"Problem with given class_path '([\w.]+)'")
 _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
 _NO_ACTION = re.compile(r'No action for key "([\w.]+)"')
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: --([\w.-]+)")
+_GROUP_OPTION = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'")
 _NOISE = re.compile(r"^(Does not validate against|Subtypes:|Errors:|Given value|- Expected a )")
 
 
@@ -69,10 +71,14 @@ def _accepted_keys(class_path: str) -> list[str]:
 
 
 def close_keys(key: str, accepted: list[str]) -> str:
-    """ " (did you mean `x`?)" for the accepted key closest to ``key``, or where it lives when it
-    is a setting of another section; "" when nothing is close."""
+    """ " (did you mean `x`?)" for the accepted key closest to ``key`` (whole dotted keys first,
+    then the last part), or where it lives when it is a setting of another section; "" when
+    nothing is close."""
+    whole = difflib.get_close_matches(key, [a for a in accepted if "." in a], n=1, cutoff=0.85)
+    if "." in key and whole:
+        return f" (did you mean `{whole[0]}`?)"
     leaf = key.rsplit(".", 1)[-1]
-    match = difflib.get_close_matches(leaf, accepted, n=1, cutoff=0.75)
+    match = difflib.get_close_matches(leaf, [a for a in accepted if "." not in a], n=1, cutoff=0.75)
     if match:
         return f" (did you mean `{match[0]}`?)"
     elsewhere = difflib.get_close_matches(leaf, list(_ELSEWHERE), n=1, cutoff=0.75)
@@ -116,6 +122,18 @@ def one_line(err: BaseException) -> str:
         fix = close_keys(name, accepted)
         help_hint = f"; the accepted keys: lit_align fit --{key}.help {class_path}" if key else ""
         return f"unknown key `{where}`{owner}{fix}{help_hint if not fix else ''}"
+    # the accepted keys the CLI attached to a parse error (lit_align.cli / lightning_cli)
+    accepted = list(getattr(err, "accepted_keys", []))
+    stray = _UNRECOGNIZED.search(message)
+    grouped = _GROUP_OPTION.search(message)
+    if stray or grouped:
+        if stray:
+            name = stray.group(1)
+        else:  # a group names the section; a subcommand (fit) the whole dotted key
+            kind, owner, option = grouped.groups()
+            name = f"{owner}.{option}" if kind == "Group" else option
+        fix = close_keys(name, accepted) or "; see --help for the accepted keys"
+        return f"unknown key `{name}`{fix}"
     if key == "config" and "does not exist" in message:
         return f"--config: {message}; check the path (relative to the working directory)"
     if key and key != "config" and key.split(".")[0] not in message:

@@ -80,6 +80,15 @@ class LitAlignCLI(LightningCLI):
             "rollout DataModules print one line per round",
         )
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        import argparse
+
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            err.accepted_keys = _option_keys(self._subcommand_parsers.values())  # "did you mean"
+            raise
+
     # ------------------------------------------------------------------ before the classes
 
     def _sub_config(self) -> Any:
@@ -172,6 +181,18 @@ class LitAlignCLI(LightningCLI):
         check_checkpoint(config["ckpt_path"], weights_only=config.get("weights_only") is not False)
         self.save_config_kwargs["overwrite"] = True  # the same run's config.yaml, now resumed
         print(f"lit_align: continuing {run} from {config['ckpt_path']}", flush=True)
+
+
+def _option_keys(parsers: Any) -> list[str]:
+    """Every ``--a.b`` option of the subcommands' parsers, as ``a.b``."""
+    keys = {
+        option.lstrip("-")
+        for parser in parsers
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    return sorted(keys)
 
 
 def _absolute_paths(config: Any) -> None:

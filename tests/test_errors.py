@@ -51,6 +51,11 @@ def _yaml_typo(folder: Path) -> str:
     return str(folder / "typo.yaml")
 
 
+def _trainer_typo(folder: Path) -> str:
+    (folder / "trainer.yaml").write_text("trainer:\n  max_epohcs: 3\n")
+    return str(folder / "trainer.yaml")
+
+
 # (case, argv given a scratch folder, exit code, patterns the one line must hold)
 CASES = [
     (
@@ -76,6 +81,24 @@ CASES = [
         lambda d: ["fit", "--config", GRPO, "--data.init_args.grop_size", "8"],
         2,
         [r"unknown key `data\.init_args\.grop_size`", r"did you mean `group_size`\?"],
+    ),
+    (
+        "typo'd trainer flag",
+        lambda d: ["fit", "--config", SFT, "--trainer.max_epohcs", "3"],
+        2,
+        [r"unknown key `trainer\.max_epohcs` \(did you mean `trainer\.max_epochs`\?\)"],
+    ),
+    (
+        "typo'd trainer key in a config file",
+        lambda d: ["fit", "--config", SFT, "--config", _trainer_typo(d)],
+        2,
+        [r"unknown key `trainer\.max_epohcs` \(did you mean `trainer\.max_epochs`\?\)"],
+    ),
+    (
+        "typo'd flag of lit_align eval",
+        lambda d: ["eval", "--modle", "tiny", "--data", "synthetic:addition"],
+        2,
+        [r"unknown key `modle` \(did you mean `model`\?\)"],
     ),
     (
         "negative group size",

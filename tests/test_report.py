@@ -96,6 +96,40 @@ def test_sft_vs_rl_estimate_table_and_figure(study, tmp_path):
     assert len(re.findall(rb"/Type /Page\b(?!s)", pdf)) == 3  # a page per run
 
 
+def test_sft_vs_rl_warns_when_the_runs_were_validated_on_different_sets(tmp_path, caplog):
+    root = tmp_path / "runs"
+    _run(root, "grpo", "GRPOModule", "RolloutDataModule",
+         {"val/accuracy": [(0, 0.2), (10, 0.5)]}, val_source="data/math/test500.jsonl")  # fmt: skip
+    _run(root, "sft_same", "SFTModule", "SFTDataModule", {"val/accuracy": [(9, 0.35)]},
+         limit=100, val_source="data/math/test500.jsonl")  # fmt: skip
+    _run(root, "sft_other", "SFTModule", "SFTDataModule", {"val/accuracy": [(9, 0.3)]},
+         limit=200, val_source="data/math/test500.jsonl", val_limit=64)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        run_report([root], kinds=["sft_vs_rl"], output=tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "**Warning: not comparable.** sft_other validated on another set than grpo" in text
+    assert "sft_same" not in text.split("not comparable.**")[1].split("validated")[0]
+    assert "not comparable" in caplog.text
+    (root / "sft_other").rename(tmp_path / "elsewhere")
+    run_report([root], kinds=["sft_vs_rl"], output=tmp_path / "out2")
+    assert "not comparable" not in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_on_policy_kl_and_clip_panels_say_why_they_are_flat(tmp_path):
+    from lit_align.report.figures import ZERO_ON_POLICY, curves_figure
+    from lit_align.report.runs import Run
+
+    zeros = [(s, 0.0) for s in range(5)]
+    run = _run(tmp_path, "grpo", "GRPOModule", "RolloutDataModule",
+               {"train/kl_to_rollout": zeros, "train/clip_frac": zeros,
+                "train/grad_norm": [(s, 1.0 + s) for s in range(5)]})  # fmt: skip
+    fig = curves_figure(Run("grpo", run))
+    notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert notes["KL"] == [ZERO_ON_POLICY["KL"]] and "on-policy" in notes["KL"][0]
+    assert notes["Clip fraction"] == [ZERO_ON_POLICY["Clip fraction"]]
+    assert notes["Gradient norm"] == []  # only a panel that is flat at 0 gets the note
+
+
 def test_compare_draws_one_line_per_run_against_step_and_time(study, tmp_path):
     report = run_report([study], kinds=["compare"], metrics=["val/accuracy", "rollout/reward"],
                         output=tmp_path / "c")  # fmt: skip
