@@ -3,6 +3,5 @@
 from lit_align.callbacks.hf_export import HFExport
 from lit_align.callbacks.monitoring import GenerationSamples, Throughput
 from lit_align.callbacks.progress import ProgressLog
-from lit_align.callbacks.weight_sync import WeightSync
 
-__all__ = ["GenerationSamples", "HFExport", "ProgressLog", "Throughput", "WeightSync"]
+__all__ = ["GenerationSamples", "HFExport", "ProgressLog", "Throughput"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from lit_align.callbacks import WeightSync
 
 from lit_align.data import RolloutDataModule
 from lit_align.modules import GRPOModule
@@ -155,10 +154,9 @@ def test_the_engine_never_generates_from_stale_weights():
         _trainer(max_epochs=2).fit(module, dm)
 
 
-def test_weight_sync_needs_no_callback_and_the_old_one_warns():
+def test_weight_sync_needs_no_callback():
     record = Record()
-    with pytest.warns(DeprecationWarning, match="WeightSync is no longer needed"):
-        _trainer([record, WeightSync()], max_epochs=2).fit(_module(), _dm())
+    _trainer([record], max_epochs=2).fit(_module(), _dm())
     assert record.engine_equal == [True, True]
 
 

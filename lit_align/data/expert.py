@@ -205,7 +205,4 @@ class ExpertIterationDataModule(SFTDataModule):
             return
         self._step_key = int(state["step"])
         prompts, responses = list(state["prompts"]), list(state["responses"])
-        if "lengths" in state:
-            self._train = (prompts, responses, list(state["counts"]), list(state["lengths"]))
-        else:  # a checkpoint written before length grouping: measure the kept set again
-            self._train = self.sized_pairs(prompts, responses)
+        self._train = (prompts, responses, list(state["counts"]), list(state["lengths"]))
