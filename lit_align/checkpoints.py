@@ -3,8 +3,8 @@
 A Lightning checkpoint is a ``torch.save`` zip archive. A missing file, a truncated download, a
 file of another kind or one holding objects that a safe load refuses each get one message that
 names the file and says what to do. The file is opened with ``weights_only=True`` (memory-mapped:
-nothing is read but the pickled structure) and the advice torch gives on failure, to retry with
-``weights_only=False``, is never repeated: that would run code from a file of unknown origin.
+nothing is read but the pickled structure), and torch's advice on failure, to retry with the
+unsafe loader, is never repeated: that would run code from a file of unknown origin.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ class LitAlignCLI(LightningCLI):
             type=int | Literal["auto"],
             default="auto",
             help="torch's CPU threads (intra-op): auto = the cores this process may use "
-            "(os.sched_getaffinity); a number to share the machine with other jobs",
+            "(os.sched_getaffinity) less those other processes keep busy at start-up, at least 1; "
+            "a number to share the machine with other jobs",
         )
         parser.add_argument(
             "--progress_every_n_steps",

@@ -256,7 +256,7 @@ def test_ckpt_path_last_continues_the_newest_run_in_its_own_directory(
     main([*base, "--trainer.max_epochs", "1"])
     main([*base, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
     (run,) = (tmp_path / "runs" / "demo_sft").glob("version_*")  # no new version_1
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # as Lightning loads it
     assert last["global_step"] == 8 and last["epoch"] == 1  # 4 steps per epoch, 2 epochs
     saved = (run / "config.yaml").read_text()
     assert "ckpt_path: " + str(run / "checkpoints" / "last.ckpt") in saved
