@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 
-from lit_align.rollout.weights import full_state_items
+from lit_align.engines.weights import full_state_items
 
 log = logging.getLogger(__name__)
 

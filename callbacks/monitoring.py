@@ -1,7 +1,7 @@
 """Rollout samples to TensorBoard, and throughput / memory per round.
 
-Both read the latest :class:`~lit_align.rounds.Round` of a rollout DataModule (its ``round``
-attribute: records and metrics), whatever module trains on it.
+Both read the latest :class:`~lit_align.rounds.Round` of a rollout DataModule (through
+:func:`lit_align.contracts.latest_round`: records and metrics), whatever module trains on it.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ import time
 import lightning as L
 import torch
 
+from lit_align.contracts import latest_round
 from lit_align.evaluation import log_generations
-from lit_align.metrics import ROLLOUT_FRACTION, ROLLOUT_S, TRAIN_S
-from lit_align.rounds import Round
+from lit_align.metrics import (
+    PEAK_GIB,
+    PEAK_RSS_GIB,
+    ROLLOUT_FRACTION,
+    ROLLOUT_S,
+    TRAIN_S,
+    TRAIN_TOKENS_PER_S,
+)
 
-__all__ = ["GenerationSamples", "Throughput", "latest_round"]
-
-
-def latest_round(trainer: L.Trainer) -> Round | None:
-    """The DataModule's latest round; None for DataModules without rollouts (SFT)."""
-    latest = getattr(trainer.datamodule, "round", None)
-    return latest if isinstance(latest, Round) else None
+__all__ = ["GenerationSamples", "Throughput"]
 
 
 class GenerationSamples(L.Callback):
@@ -86,17 +87,15 @@ class Throughput(L.Callback):
         train_s = time.perf_counter() - self._start
         metrics = {
             TRAIN_S: train_s,
-            "time/train_tokens_per_s": self._tokens / max(train_s, 1e-9),
+            TRAIN_TOKENS_PER_S: self._tokens / max(train_s, 1e-9),
         }
         latest = latest_round(trainer)
         rollout_s = latest.metrics.get(ROLLOUT_S) if latest is not None else None
         if rollout_s is not None:
             metrics[ROLLOUT_FRACTION] = rollout_s / max(rollout_s + train_s, 1e-9)
         if torch.cuda.is_available():
-            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics[PEAK_GIB] = torch.cuda.max_memory_allocated() / 2**30
         else:
-            metrics["memory/peak_rss_gib"] = (
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            )
+            metrics[PEAK_RSS_GIB] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)

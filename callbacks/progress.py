@@ -9,9 +9,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-from lit_align.callbacks.monitoring import latest_round
 
-from lit_align.metrics import KL_TO_ROLLOUT, ROLLOUT_S
+from lit_align.contracts import latest_round
+from lit_align.metrics import (
+    KL,
+    KL_TO_ROLLOUT,
+    LOSS,
+    REWARD,
+    ROLLOUT_ACCURACY,
+    ROLLOUT_S,
+    VAL_ACCURACY,
+)
 
 __all__ = ["ProgressLog", "format_duration"]
 
@@ -97,7 +105,7 @@ class ProgressLog(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._val = _value(trainer.callback_metrics, "val/accuracy")
+            self._val = _value(trainer.callback_metrics, VAL_ACCURACY)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -120,7 +128,7 @@ class ProgressLog(L.Callback):
         self._last_step, self._last_time = step, now
         total = int(trainer.estimated_stepping_batches)
         mean = self._seconds_timed / self._steps_timed
-        loss = _value(trainer.callback_metrics, "train/loss")
+        loss = _value(trainer.callback_metrics, LOSS)
         self._emit(
             trainer,
             [
@@ -146,9 +154,9 @@ class ProgressLog(L.Callback):
         rollout = _value(latest.metrics, ROLLOUT_S)
         logged = trainer.callback_metrics
         metrics = latest.metrics
-        reward = _value(metrics, "rollout/reward")
-        accuracy = _value(metrics, "rollout/accuracy")
-        kl = _value(logged, "train/kl")
+        reward = _value(metrics, REWARD)
+        accuracy = _value(metrics, ROLLOUT_ACCURACY)
+        kl = _value(logged, KL)
         kl_field = f"kl {kl:.4f}" if kl is not None else ""
         if kl is None and (kl := _value(logged, KL_TO_ROLLOUT)) is not None:
             # 0 by construction when each round is one optimizer step (on-policy)

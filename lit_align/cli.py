@@ -25,16 +25,23 @@ def _version(args: list[str]) -> None:
 
 
 def _function_cli(function: Callable[..., Any], args: list[str]) -> None:
-    """``lit_align eval|generate|judge-check``: a function's keyword arguments as flags."""
+    """``lit_align eval|generate|judge-check``: a function's keyword arguments as flags (a
+    dataclass argument's fields as ``--block.field``, as in a training config)."""
     import argparse
-    import inspect
+    import dataclasses
+    import typing
 
     from jsonargparse import CLI
 
     try:
         CLI(function, args=args[1:], as_positional=False, exit_on_error=False)
     except argparse.ArgumentError as err:
-        err.accepted_keys = list(inspect.signature(function).parameters)  # for "did you mean"
+        keys = []
+        for name, kind in typing.get_type_hints(function).items():
+            keys.append(name)
+            if dataclasses.is_dataclass(kind):
+                keys += [f"{name}.{f.name}" for f in dataclasses.fields(kind)]
+        err.accepted_keys = keys  # for "did you mean"
         raise
 
 
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lit_align.cli_errors import one_line
-    from lit_align.rollout.openai_api import APIError
+    from lit_align.engines.openai_api import APIError
 
     args = sys.argv[1:] if argv is None else list(argv)
     name = args[0] if args else "--help"

@@ -28,7 +28,39 @@ _ELSEWHERE = {
     "model.init_args.val_sampling.temperature",
     "max_new_tokens": "data.init_args.sampling.max_new_tokens",
     "num_generations": "data.init_args.group_size",
-    "beta": "model.init_args.kl_coef",
+    "beta": "model.init_args.loss.kl_coef",
+}
+
+# Flat keys of earlier versions, now fields of a block (tests/test_errors.py keeps these lists
+# equal to LossConfig's and AdvantageConfig's fields).
+_LOSS_KEYS = [
+    "loss_type",
+    "cliprange",
+    "cliprange_high",
+    "kl_coef",
+    "kl_estimator",
+    "aggregation",
+    "normalize_constant",
+    "tis_cap",
+    "tis_level",
+    "tis_mode",
+    "clip_ratio_c",
+    "log_ratio_clamp",
+    "kl_clamp",
+]
+_ADVANTAGE_KEYS = [
+    "normalize_by_std",
+    "eps",
+    "baseline",
+    "drop_zero_variance_groups",
+    "mask_truncated",
+]
+_MOVED = {
+    **{k: f"it moved into a block: `model.init_args.loss.{k}`" for k in _LOSS_KEYS},
+    **{k: f"it moved into a block: `data.init_args.advantages.{k}`" for k in _ADVANTAGE_KEYS},
+    "advantage_eps": "it moved into a block: `data.init_args.advantages.eps`",
+    "group_by_length": "it is called `data.init_args.length_bucket`",
+    "backend": "a local engine is `engine.backend`; an endpoint (lit_align generate) is `base_url`",
 }
 
 _PARSER_KEY = re.compile(r'^Parser key "([^"]+)"')
@@ -78,6 +110,11 @@ def close_keys(key: str, accepted: list[str]) -> str:
     if "." in key and whole:
         return f" (did you mean `{whole[0]}`?)"
     leaf = key.rsplit(".", 1)[-1]
+    if leaf in _MOVED and leaf not in accepted and f"`{key}`" not in _MOVED[leaf]:
+        return f" ({_MOVED[leaf]})"
+    in_block = [a for a in accepted if a.rsplit(".", 1)[-1] == leaf and a != key]
+    if in_block:  # a block's field given flat (eval --temperature: sampling.temperature)
+        return f" (did you mean `{in_block[0]}`?)"
     match = difflib.get_close_matches(leaf, [a for a in accepted if "." not in a], n=1, cutoff=0.75)
     if match:
         return f" (did you mean `{match[0]}`?)"

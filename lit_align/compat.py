@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 
 from lit_align.advantages import BaselineType, group_advantages
-from lit_align.losses import LossType, compute_per_token_policy_loss, policy_loss, sft_loss
+from lit_align.losses import (
+    LossConfig,
+    LossType,
+    compute_per_token_policy_loss,
+    policy_loss,
+    sft_loss,
+)
 from lit_align.ops import (
     compute_entropy,
     get_response_log_probs,
@@ -165,24 +171,29 @@ def grpo_microbatch_train_step(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One GRPO micro-batch: per-token loss → masked mean per sequence → batch mean → ÷ steps → backward.
 
-    Extra keyword arguments (``cliprange_high``, ``kl_coef`` with ``ref_log_probs``,
-    ``aggregation``, …) go to :func:`policy_loss`.
+    Extra keyword arguments go to :func:`policy_loss`: tensors (``ref_log_probs``,
+    ``rollout_log_probs``, normalizers) as they are, options (``cliprange_high``, ``kl_coef``,
+    ``aggregation``, …) through :class:`~lit_align.losses.LossConfig`.
     """
     _check_steps(gradient_accumulation_steps)
+    tensors = {k: loss_options.pop(k) for k in _LOSS_TENSORS if k in loss_options}
     # CS336 assignment 5 exponentiates unclamped log-ratios; keep its numbers bit for bit.
     loss_options.setdefault("log_ratio_clamp", None)
     loss_options.setdefault("kl_clamp", None)
+    config = LossConfig(loss_type, cliprange, **loss_options)
     loss, metrics = policy_loss(
         policy_log_probs,
         response_mask,
-        loss_type,
+        config,
         raw_rewards=raw_rewards,
         advantages=advantages,
         old_log_probs=old_log_probs,
-        cliprange=cliprange,
-        **loss_options,
+        **tensors,
     )
     return _backward(loss, gradient_accumulation_steps), metrics
+
+
+_LOSS_TENSORS = ("ref_log_probs", "rollout_log_probs", "token_normalizer", "sequence_normalizer")
 
 
 def _check_steps(gradient_accumulation_steps: int) -> None:

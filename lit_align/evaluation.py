@@ -16,10 +16,10 @@ from typing import Any
 
 from lit_align.data.sources import Example
 from lit_align.data.templates import TemplateName, format_prompt
+from lit_align.engines.base import RolloutEngine, SamplingConfig
 from lit_align.grading import grade_completions
 from lit_align.metrics import mean, summarize_records
 from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 

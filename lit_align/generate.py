@@ -32,10 +32,10 @@ from lit_align.data.templates import (
     TemplateName,
     format_prompt,
 )
+from lit_align.engines.base import Completion, SamplingConfig
+from lit_align.engines.text import RequestFailed, TextEngine, TextPrompt, TextResult
 from lit_align.grading import grade_completions
 from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rollout.base import Completion, SamplingConfig
-from lit_align.rollout.text import RequestFailed, TextEngine, TextPrompt, TextResult
 
 __all__ = ["GOLD_SYSTEM_PROMPTS", "Ledger", "build_prompts", "generate_dataset", "question_id"]
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_align.engines.base import Completion
 from lit_align.metrics import GRADER_TIMEOUTS_KEY
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rewards.sandbox import timeouts_in_this_thread
-from lit_align.rollout.base import Completion
 
 __all__ = ["grade_completions"]
 

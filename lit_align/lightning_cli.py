@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 import lit_align.data
@@ -137,6 +138,7 @@ class LitAlignCLI(LightningCLI):
         preflight = getattr(data, "preflight", None)
         if callable(preflight):
             preflight(None)
+        _check_model_blocks(config.get("model"))
 
     def _preflight(self) -> None:
         # Bad settings and bad data fail here, before Lightning creates the run directory.
@@ -224,6 +226,30 @@ def _absolute_paths(config: Any) -> None:
             value = init.get(key)
             if isinstance(value, str) and (value in outputs or Path(value).exists()):
                 init[key] = str(Path(value).absolute())
+
+
+def _check_model_blocks(model: Any) -> None:
+    """Build the model's typed blocks (``loss``, ``val_sampling``…), whose constructors validate
+    them, without building the model itself (which a pending warm start has not made yet)."""
+    import dataclasses
+    import importlib
+    import inspect
+    import typing
+
+    if not model or not model.get("class_path"):
+        return
+    module_name, _, name = model["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    hints: dict[str, Any] = {}
+    for klass in reversed(inspect.getmro(cls)):
+        if "__init__" in klass.__dict__:
+            hints.update(typing.get_type_hints(klass.__dict__["__init__"]))
+    for key, value in vars(model.get("init_args") or Namespace()).items():
+        kind = hints.get(key)
+        kinds = [kind, *typing.get_args(kind)]  # X or X | None
+        block = next((k for k in kinds if dataclasses.is_dataclass(k)), None)
+        if block is not None and hasattr(value, "as_dict"):
+            block(**value.as_dict())
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -25,13 +25,13 @@ CS336 assignment's API (``grpo_microbatch_train_step`` and friends) in :mod:`lit
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from lit_align.aggregation import AGGREGATIONS, Aggregation, aggregate_loss
 from lit_align.estimators import (
     ISLevel,
     ISMode,
@@ -44,10 +44,12 @@ from lit_align.estimators import (
 from lit_align.ops import guarded_masked_mean, masked_normalize
 
 __all__ = [
+    "LOSS_FIELDS",
     "Aggregation",
     "ISLevel",
     "ISMode",
     "KLEstimator",
+    "LossConfig",
     "LossType",
     "aggregate_loss",
     "compute_per_token_policy_loss",
@@ -58,7 +60,6 @@ __all__ = [
 ]
 
 LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip", "gspo"]
-Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 
 
 # --------------------------------------------------------------------------- per-token surrogates
@@ -177,72 +178,79 @@ def compute_per_token_policy_loss(
     return -surrogate, meta
 
 
-# --------------------------------------------------------------------------- KL and aggregation
+# --------------------------------------------------------------------------- options
 
 
-def _seq_mean(per_sequence: Tensor, sequences: float | None) -> Tensor:
-    # (B,) → scalar: the batch mean, or the sum ÷ a window-wide sequence count.
-    return per_sequence.mean() if sequences is None else per_sequence.sum() / sequences
+@dataclass(frozen=True)
+class LossConfig:
+    """The options of :func:`policy_loss`, one block (``model.init_args.loss`` in a config),
+    validated when it is built: a wrong value stops a run before any model is loaded.
 
-
-def _agg_seq_mean_token_mean(
-    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
-) -> Tensor:
-    return _seq_mean(guarded_masked_mean(loss, mask, dim=-1), sequences)
-
-
-def _agg_token_mean(
-    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
-) -> Tensor:
-    if tokens is None:
-        return guarded_masked_mean(loss, mask)
-    return masked_normalize(loss, mask, tokens)
-
-
-def _agg_seq_mean_token_sum_norm(
-    loss: Tensor, mask: Tensor, constant: float, tokens: float | None, sequences: float | None
-) -> Tensor:
-    return _seq_mean(masked_normalize(loss, mask, constant, dim=-1), sequences)
-
-
-_AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
-    "seq_mean_token_mean": _agg_seq_mean_token_mean,
-    "token_mean": _agg_token_mean,
-    "seq_mean_token_sum_norm": _agg_seq_mean_token_sum_norm,
-}
-
-
-def aggregate_loss(
-    per_token_loss: Tensor,
-    response_mask: Tensor,
-    aggregation: Aggregation = "seq_mean_token_mean",
-    normalize_constant: float = 1.0,
-    token_normalizer: float | None = None,
-    sequence_normalizer: float | None = None,
-) -> Tensor:
-    """Reduce a (B, T) per-token loss to a scalar.
-
-    Args:
-        per_token_loss: (B, T).
-        response_mask: (B, T) 0/1.
-        aggregation: ``seq_mean_token_mean`` (mean over each sequence's tokens, then over
-            sequences), ``token_mean`` (mean over all tokens of the batch) or
-            ``seq_mean_token_sum_norm`` (each sequence's token sum ÷ ``normalize_constant``, then
-            mean over sequences).
-        normalize_constant: the constant of ``seq_mean_token_sum_norm`` (e.g. max new tokens).
-        token_normalizer: for ``token_mean`` under gradient accumulation: divide the token sum by
-            this number instead of the micro-batch's own token count. Pass (tokens in the whole
-            accumulation window) / (accumulation steps) to get DAPO's exact per-batch token mean.
-        sequence_normalizer: the same for the ``seq_mean_*`` aggregations: divide the sum of the
-            per-sequence values by this instead of B. Pass (sequences that count in the window) /
-            (accumulation steps), so sequences dropped from the loss (an all-zero mask row) do not
-            dilute the mean.
+    Attributes:
+        loss_type: ``no_baseline``, ``reinforce_with_baseline``, ``grpo_clip``, ``grpo_no_clip``
+            or ``gspo`` (sequence-level ratio).
+        cliprange: ε of the clipped types (ε_low with ``cliprange_high``); None only for the
+            unclipped types.
+        cliprange_high: ε_high (DAPO clip-higher, e.g. 0.28); None: symmetric.
+        kl_coef: β of the KL penalty to the reference (initial) policy; 0: no KL term and no
+            reference model.
+        kl_estimator: ``k1``, ``k2`` or ``k3`` (Schulman 2020).
+        aggregation: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO) or
+            ``seq_mean_token_sum_norm`` (Dr. GRPO, with ``normalize_constant``).
+        normalize_constant: Dr. GRPO's constant (usually the max new tokens).
+        tis_cap: importance sampling against the engine's log-probs: weight each token by
+            min(π_old/π_engine, tis_cap); None: off.
+        tis_level: ``token`` (one ratio per token) or ``sequence`` (the product over the
+            response, TRL's ``sequence_*`` modes).
+        tis_mode: ``truncate`` (min(ratio, cap)) or ``mask`` (drop where ratio > cap).
+        clip_ratio_c: dual-clip PPO bound (> 1, verl's ``clip_ratio_c``, e.g. 3): with A < 0 a
+            token's loss is at most −c·A; None: off.
+        log_ratio_clamp: clamp log-ratios to ±this before ``exp`` (verl's 20); None: off.
+        kl_clamp: clamp the per-token KL estimate to ±this (verl's 10); None: off.
     """
-    check_choice("aggregation", aggregation, list(_AGGREGATIONS))
-    check_same_shape("response_mask", response_mask, "per_token_loss", per_token_loss)
-    return _AGGREGATIONS[aggregation](
-        per_token_loss, response_mask, normalize_constant, token_normalizer, sequence_normalizer
-    )
+
+    loss_type: LossType = "grpo_clip"
+    cliprange: float | None = 0.2
+    cliprange_high: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: KLEstimator = "k3"
+    aggregation: Aggregation = "seq_mean_token_mean"
+    normalize_constant: float = 1024.0
+    tis_cap: float | None = None
+    tis_level: ISLevel = "token"
+    tis_mode: ISMode = "truncate"
+    clip_ratio_c: float | None = None
+    log_ratio_clamp: float | None = 20.0
+    kl_clamp: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        check_choice("loss_type", self.loss_type, list(_SURROGATES))
+        check_choice("aggregation", self.aggregation, list(AGGREGATIONS))
+        check_choice("kl_estimator", self.kl_estimator, list(get_args(KLEstimator)))
+        check_choice("tis_level", self.tis_level, list(get_args(ISLevel)))
+        check_choice("tis_mode", self.tis_mode, list(get_args(ISMode)))
+        if _SURROGATES[self.loss_type].clip and self.cliprange is None:
+            raise ValueError(f"loss_type={self.loss_type!r} needs `cliprange`; it was not given")
+        # (field, value, lowest allowed, whether the lowest is allowed, an example)
+        bounds = (
+            ("cliprange", self.cliprange, 0.0, True, "0.2"),
+            ("cliprange_high", self.cliprange_high, 0.0, True, "0.28"),
+            ("kl_coef", self.kl_coef, 0.0, True, "0.04"),
+            ("normalize_constant", self.normalize_constant, 0.0, False, "1024"),
+            ("tis_cap", self.tis_cap, 0.0, False, "2"),
+            ("clip_ratio_c", self.clip_ratio_c, 1.0, False, "3"),
+            ("log_ratio_clamp", self.log_ratio_clamp, 0.0, False, "20"),
+            ("kl_clamp", self.kl_clamp, 0.0, False, "10"),
+        )
+        for name, value, lowest, inclusive, example in bounds:
+            if value is not None and (value < lowest or (value == lowest and not inclusive)):
+                relation = ">=" if inclusive else ">"
+                raise ValueError(
+                    f"loss.{name} must be {relation} {lowest:g} (e.g. {example}), got {value}"
+                )
+
+
+LOSS_FIELDS = frozenset(f.name for f in fields(LossConfig))
 
 
 # --------------------------------------------------------------------------- composable loss
@@ -251,25 +259,13 @@ def aggregate_loss(
 def policy_loss(
     policy_log_probs: Tensor,
     response_mask: Tensor,
-    loss_type: LossType = "grpo_clip",
+    config: LossConfig | None = None,
     *,
     raw_rewards: Tensor | None = None,
     advantages: Tensor | None = None,
     old_log_probs: Tensor | None = None,
-    cliprange: float | None = 0.2,
-    cliprange_high: float | None = None,
     ref_log_probs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    kl_estimator: KLEstimator = "k3",
     rollout_log_probs: Tensor | None = None,
-    tis_cap: float | None = None,
-    tis_level: ISLevel = "token",
-    tis_mode: ISMode = "truncate",
-    clip_ratio_c: float | None = None,
-    log_ratio_clamp: float | None = 20.0,
-    kl_clamp: float | None = 10.0,
-    aggregation: Aggregation = "seq_mean_token_mean",
-    normalize_constant: float = 1.0,
     token_normalizer: float | None = None,
     sequence_normalizer: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -280,26 +276,16 @@ def policy_loss(
     Args:
         policy_log_probs: (B, T) log-probs of the sampled tokens (with grad).
         response_mask: (B, T) 0/1, 1 on response tokens that count.
-        loss_type: the surrogate (see :func:`compute_per_token_policy_loss`).
+        config: the options (:class:`LossConfig`; default: GRPO's clipped surrogate, ε 0.2,
+            no KL, no importance sampling).
         raw_rewards: (B, 1) or (B,), for ``no_baseline``.
         advantages: (B, 1) or (B,), for the other types.
         old_log_probs: (B, T), for ratio-based types (and the TIS numerator when given).
-        cliprange: ε, or ε_low with ``cliprange_high``.
-        cliprange_high: ε_high for clip-higher; ``None`` means symmetric.
         ref_log_probs: (B, T) reference-policy log-probs, needed when ``kl_coef > 0``.
-        kl_coef: β; 0 disables the KL term (and no reference model is needed).
-        kl_estimator: ``k1``, ``k2`` or ``k3``.
-        rollout_log_probs: (B, T) the rollout engine's log-probs, needed when ``tis_cap`` is set.
-        tis_cap: C of importance sampling against the engine: each token's surrogate is weighted
-            by :func:`importance_weights` of (log p_old, log p_rollout), detached; log p_old is
-            ``old_log_probs`` when given, else the detached policy log-probs (on-policy).
-        tis_level: ``token`` (default) or ``sequence`` (one weight per response).
-        tis_mode: ``truncate`` (min(ratio, C), default) or ``mask`` (0 where ratio > C).
-        clip_ratio_c: dual clip for the clipped types (see :func:`compute_per_token_policy_loss`).
-        log_ratio_clamp: clamp every log-ratio to ±this before ``exp`` (verl's 20); None: off.
-        kl_clamp: clamp the per-token KL estimate to ±this (verl's 10); None: off.
-        aggregation: see :func:`aggregate_loss`.
-        normalize_constant: for ``seq_mean_token_sum_norm``.
+        rollout_log_probs: (B, T) the rollout engine's log-probs, needed when ``tis_cap`` is set:
+            each token's surrogate is weighted by :func:`importance_weights` of (log p_old,
+            log p_rollout), detached; log p_old is ``old_log_probs`` when given, else the
+            detached policy log-probs (on-policy).
         token_normalizer: for ``token_mean`` across micro-batches (see :func:`aggregate_loss`).
         sequence_normalizer: for the ``seq_mean_*`` aggregations (see :func:`aggregate_loss`).
 
@@ -309,43 +295,52 @@ def policy_loss(
         ``clip_frac_dual`` (with ``clip_ratio_c``), ``tis_weight_mean`` and, in mask mode,
         ``tis_masked_frac`` — all detached; ratio/clip metrics only for ratio-based types.
     """
+    c = config or LossConfig()
     check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     per_token, meta = compute_per_token_policy_loss(
         policy_log_probs,
-        loss_type,
+        c.loss_type,
         raw_rewards,
         advantages,
         old_log_probs,
-        cliprange,
-        cliprange_high,
+        c.cliprange,
+        c.cliprange_high,
         response_mask,
-        clip_ratio_c,
-        log_ratio_clamp,
+        c.clip_ratio_c,
+        c.log_ratio_clamp,
     )
     mask = response_mask.to(policy_log_probs.dtype)
     metrics: dict[str, Tensor] = {}
 
-    if tis_cap is not None:
+    if c.tis_cap is not None:
         if rollout_log_probs is None:
-            raise ValueError("tis_cap is set but `rollout_log_probs` was not given")
+            raise ValueError("loss.tis_cap is set but `rollout_log_probs` was not given")
         behaviour = old_log_probs if old_log_probs is not None else policy_log_probs
         tis_w = importance_weights(
-            behaviour, rollout_log_probs, mask, tis_cap, tis_level, tis_mode, log_ratio_clamp
+            behaviour,
+            rollout_log_probs,
+            mask,
+            c.tis_cap,
+            c.tis_level,
+            c.tis_mode,
+            c.log_ratio_clamp,
         )
         per_token = per_token * tis_w
         metrics["tis_weight_mean"] = guarded_masked_mean(tis_w, mask).detach()
-        if tis_mode == "mask":
+        if c.tis_mode == "mask":
             metrics["tis_masked_frac"] = guarded_masked_mean((tis_w == 0).to(mask.dtype), mask)
 
     metrics["pg_loss"] = aggregate_loss(
-        per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
+        per_token, mask, c.aggregation, c.normalize_constant, token_normalizer, sequence_normalizer
     ).detach()
-    if kl_coef != 0.0 and ref_log_probs is None:
-        raise ValueError(f"kl_coef={kl_coef} needs `ref_log_probs`; it was not given")
+    if c.kl_coef != 0.0 and ref_log_probs is None:
+        raise ValueError(f"loss.kl_coef={c.kl_coef} needs `ref_log_probs`; it was not given")
     if ref_log_probs is not None:
-        kl = kl_penalty(policy_log_probs, ref_log_probs, kl_estimator, log_ratio_clamp, kl_clamp)
-        if kl_coef != 0.0:
-            per_token = per_token + kl_coef * kl
+        kl = kl_penalty(
+            policy_log_probs, ref_log_probs, c.kl_estimator, c.log_ratio_clamp, c.kl_clamp
+        )
+        if c.kl_coef != 0.0:
+            per_token = per_token + c.kl_coef * kl
         metrics["kl"] = guarded_masked_mean(kl, mask).detach()
 
     if "ratio" in meta:
@@ -365,7 +360,7 @@ def policy_loss(
                 metrics[name] = guarded_masked_mean(meta[key].to(mask.dtype), mask).detach()
 
     loss = aggregate_loss(
-        per_token, mask, aggregation, normalize_constant, token_normalizer, sequence_normalizer
+        per_token, mask, c.aggregation, c.normalize_constant, token_normalizer, sequence_normalizer
     )
     return loss, metrics
 
@@ -389,7 +384,9 @@ def sft_loss(
     """
     check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
     if aggregation == "token_mean":
-        loss = -_agg_token_mean(policy_log_probs, response_mask, 1.0, token_normalizer, None)
+        loss = -aggregate_loss(
+            policy_log_probs, response_mask, "token_mean", token_normalizer=token_normalizer
+        )
     elif aggregation == "sum_norm":
         loss = -masked_normalize(policy_log_probs, response_mask, normalize_constant, dim=-1).mean()
     else:

@@ -14,20 +14,50 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "CLIP_FRAC",
+    "EI_KEPT",
+    "EI_KEPT_FRACTION",
+    "EI_SOLVED_FRAC",
+    "EI_UNSOLVED",
     "ENGINE_MISMATCH",
+    "GEN_TOKENS_PER_S",
     "GRADER_TIMEOUTS",
     "GRADER_TIMEOUTS_KEY",
+    "GRAD_NORM",
+    "KEPT_FRAC",
+    "KL",
     "KL_TO_ROLLOUT",
+    "LOSS",
+    "LOSS_EPOCH",
+    "LOSS_STEP",
+    "LR",
     "MEMORY",
+    "NLL_PER_TOKEN",
+    "PEAK_GIB",
+    "PEAK_RSS_GIB",
     "PER_RECORD",
+    "PG_LOSS",
+    "RESPONSE_TOKENS",
+    "REWARD",
+    "REWARD_STD_IN_GROUP",
     "ROLLOUT",
+    "ROLLOUT_ACCURACY",
+    "ROLLOUT_ENTROPY",
     "ROLLOUT_FRACTION",
+    "ROLLOUT_LENGTH",
     "ROLLOUT_S",
     "TIME",
+    "TOKENS_PER_S",
+    "TOKEN_ENTROPY",
     "TRAIN",
     "TRAIN_S",
+    "TRAIN_TOKENS_PER_S",
     "VAL",
+    "VAL_ACCURACY",
+    "VAL_ENTROPY",
+    "VAL_LENGTH",
     "WEIGHT_SYNC_S",
+    "ZERO_VARIANCE_GROUP_FRAC",
     "mean",
     "prefixed",
     "summarize_records",
@@ -35,6 +65,41 @@ __all__ = [
 
 ROLLOUT, VAL, TRAIN, TIME, MEMORY = "rollout", "val", "train", "time", "memory"
 
+# train/: the loss and the optimizer (GRPO's loss adds train/<key> of lit_align.losses.policy_loss)
+LOSS = "train/loss"
+LOSS_EPOCH = "train/loss_epoch"  # SFT: the epoch mean
+LOSS_STEP = "train/loss_step"  # what Lightning calls LOSS when it is logged per epoch too
+PG_LOSS = "train/pg_loss"
+KL = "train/kl"  # to the reference policy (kl_coef > 0)
+CLIP_FRAC = "train/clip_frac"
+GRAD_NORM = "train/grad_norm"
+LR = "train/lr"
+TOKENS_PER_S = "train/tokens_per_s"
+TOKEN_ENTROPY = "train/token_entropy"
+NLL_PER_TOKEN = "train/nll_per_token"
+RESPONSE_TOKENS = "train/response_tokens"
+# rollout/: a round's samples (plus rollout/<key> of summarize_records and the evaluator)
+REWARD = "rollout/reward"
+ROLLOUT_ACCURACY = "rollout/accuracy"
+ROLLOUT_ENTROPY = "rollout/token_entropy_mean"
+ROLLOUT_LENGTH = "rollout/response_length_mean"
+KEPT_FRAC = "rollout/kept_frac"  # samples that count in the loss after the filters
+ZERO_VARIANCE_GROUP_FRAC = "rollout/zero_variance_group_frac"  # groups with equal rewards
+REWARD_STD_IN_GROUP = "rollout/reward_std_in_group"
+GEN_TOKENS_PER_S = "rollout/gen_tokens_per_s"
+# val/: validation by generation (val/<key> of PER_RECORD)
+VAL_ACCURACY = "val/accuracy"
+VAL_ENTROPY = "val/token_entropy"
+VAL_LENGTH = "val/response_length"
+# ei/: an expert-iteration step's kept set
+EI_KEPT = "ei/kept"
+EI_KEPT_FRACTION = "ei/kept_fraction"
+EI_SOLVED_FRAC = "ei/questions_solved_frac"
+EI_UNSOLVED = "ei/questions_without_correct"
+# time/ and memory/
+TRAIN_TOKENS_PER_S = "time/train_tokens_per_s"
+PEAK_GIB = "memory/peak_gib"  # CUDA
+PEAK_RSS_GIB = "memory/peak_rss_gib"  # CPU
 WEIGHT_SYNC_S = "time/weight_sync_s"  # seconds to push the policy's weights into the engine
 ROLLOUT_S = "time/rollout_s"  # seconds the engine spent generating a round
 TRAIN_S = "time/train_s"  # seconds of a round's optimizer steps

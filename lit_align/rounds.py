@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args
 
 import torch
 
 from lit_align.advantages import BaselineType, constant_groups, group_advantages
+from lit_align.engines.base import RolloutEngine, SamplingConfig
 from lit_align.grading import grade_completions
 from lit_align.metrics import (
+    GEN_TOKENS_PER_S,
     GRADER_TIMEOUTS,
     GRADER_TIMEOUTS_KEY,
+    KEPT_FRAC,
+    REWARD_STD_IN_GROUP,
     ROLLOUT,
     ROLLOUT_S,
+    ZERO_VARIANCE_GROUP_FRAC,
     prefixed,
     summarize_records,
 )
 from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rollout.base import RolloutEngine, SamplingConfig
 
-__all__ = ["AdvantageConfig", "Rollout", "Round", "run_round"]
+__all__ = ["ADVANTAGE_FIELDS", "AdvantageConfig", "Rollout", "Round", "run_round"]
 
 
 @dataclass
@@ -43,24 +47,37 @@ class Rollout:
     truncated: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdvantageConfig:
-    """Group advantages and the filters of a round.
+    """Group advantages and the filters of a round: one block (``data.init_args.advantages``
+    in a config), validated when it is built.
 
     Attributes:
-        eps: added to the group std.
         normalize_by_std: divide by the group's std (GRPO); off is Dr. GRPO.
+        eps: added to the group std.
         baseline: ``mean`` (GRPO) or ``leave_one_out`` (RLOO).
         drop_zero_variance_groups: leave groups whose rewards are all equal out of the loss.
         mask_truncated: leave completions that hit the token budget out of the loss (DAPO's
             overlong filtering); they still count in their group's advantages.
     """
 
-    eps: float = 1e-6
     normalize_by_std: bool = True
+    eps: float = 1e-6
     baseline: BaselineType = "mean"
     drop_zero_variance_groups: bool = False
     mask_truncated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.baseline not in get_args(BaselineType):
+            raise ValueError(
+                f"unknown advantages.baseline {self.baseline!r}; accepted values: "
+                f"{', '.join(get_args(BaselineType))}"
+            )
+        if self.eps < 0:
+            raise ValueError(f"advantages.eps must be >= 0 (e.g. 1e-6), got {self.eps}")
+
+
+ADVANTAGE_FIELDS = frozenset(f.name for f in fields(AdvantageConfig))
 
 
 @dataclass
@@ -135,11 +152,11 @@ def _round_metrics(
     tokens = sum(len(s.completion_ids) for s in samples)
     metrics.update(
         {
-            "rollout/kept_frac": sum(s.keep for s in samples) / max(len(samples), 1),
-            "rollout/zero_variance_group_frac": float(adv_metrics["zero_variance_group_frac"]),
-            "rollout/reward_std_in_group": float(adv_metrics["reward_std_in_group"]),
+            KEPT_FRAC: sum(s.keep for s in samples) / max(len(samples), 1),
+            ZERO_VARIANCE_GROUP_FRAC: float(adv_metrics["zero_variance_group_frac"]),
+            REWARD_STD_IN_GROUP: float(adv_metrics["reward_std_in_group"]),
             ROLLOUT_S: seconds,
-            "rollout/gen_tokens_per_s": tokens / max(seconds, 1e-9),
+            GEN_TOKENS_PER_S: tokens / max(seconds, 1e-9),
         }
     )
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def test_eval_on_the_demo_model_writes_files_and_counts(demo_run, tmp_path, caps
             "demo",
             "--limit",
             "32",
-            "--max_new_tokens",
+            "--sampling.max_new_tokens",
             "24",
             "--output_dir",
             str(out),
@@ -144,11 +145,23 @@ def test_every_sweep_point_parses_with_its_overrides(sweep, capsys):
         assert merged["trainer"]["logger"]["init_args"]["name"] == point.name
 
 
+def test_print_config_with_comments_documents_the_grpo_blocks(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/demo/grpo.yaml", "--print_config=comments"])
+    out = capsys.readouterr().out
+    # The loss and advantage blocks, each field under its own documentation.
+    assert re.search(
+        r"# β of the KL penalty to the reference \(initial\) policy.*\n.*\n\s+kl_coef: 0\.0", out
+    )
+    assert re.search(r"# ``mean`` \(GRPO\) or ``leave_one_out`` \(RLOO\).*\n\s+baseline: mean", out)
+
+
 def test_model_help_takes_a_class_name(capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--model.help", "GRPOModule"])
     assert done.value.code in (None, 0)
-    assert "--model.loss_type" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--model.loss.kl_coef" in out and "β of the KL penalty" in out
 
 
 def test_cli_help_and_unknown_subcommand(capsys):
@@ -290,7 +303,16 @@ def test_a_failed_start_prints_cause_and_fix_and_leaves_no_run_directory(
 def test_eval_records_what_it_evaluated_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["eval", "--model", "tiny", "--data", "synthetic:addition", "--template", "demo"]
-    args += ["--limit", "4", "--max_new_tokens", "4", "--seed", "3", "--output_dir", str(out)]
+    args += [
+        "--limit",
+        "4",
+        "--sampling.max_new_tokens",
+        "4",
+        "--seed",
+        "3",
+        "--output_dir",
+        str(out),
+    ]
     assert main(args) == 0
     record = json.loads((out / "eval.json").read_text())
     assert record["model"] == "tiny" and record["data"] == "synthetic:addition"

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import pytest
 import torch
 
 from lit_align.data import RolloutDataModule
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import format_prompt
+from lit_align.engines import SamplingConfig
 from lit_align.judge_check import run_judge_check
 from lit_align.modules import GRPOModule
 from lit_align.rewards import JudgeEvaluator, OpenAIChatJudge
 from lit_align.rewards.judge_server import RuleJudgeServer, ServedRuleJudge
 from lit_align.rewards.story_checks import length_penalty, repetition_penalty, starts_with_line
-from lit_align.rollout import SamplingConfig
 from tests.figures import figure
+from tests.helpers import cpu_trainer
 from tests.openai_stub import StubServer
 
 C = ("creativity", "coherence", "engagement")
@@ -129,15 +129,11 @@ def test_grpo_with_a_constant_judge_reports_zero_signal(tmp_path):
         sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
     )  # fmt: skip
     module = GRPOModule("tiny", dtype="float32")
-    trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", reload_dataloaders_every_n_epochs=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = cpu_trainer(default_root_dir=tmp_path, limit_val_batches=None)
     with pytest.warns(Warning, match="no learning signal: in 2 rounds in a row") as seen:
         trainer.fit(module, dm)
-    assert dm.round.metrics["rollout/judge_zero_variance_group_frac"] == 1.0
-    assert dm.round.metrics["rollout/judge_within_group_std"] == 0.0
+    assert dm.latest_round.metrics["rollout/judge_zero_variance_group_frac"] == 1.0
+    assert dm.latest_round.metrics["rollout/judge_within_group_std"] == 0.0
     assert any("lit_align judge-check" in str(w.message) for w in seen)
 
 

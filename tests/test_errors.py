@@ -101,6 +101,34 @@ CASES = [
         [r"unknown key `modle` \(did you mean `model`\?\)"],
     ),
     (
+        "a GRPO loss option given flat, as before the loss block",
+        lambda d: ["fit", "--config", GRPO, "--model.init_args.kl_coef", "0.1"],
+        2,
+        [
+            r"unknown key `model\.init_args\.kl_coef`.* \(it moved into a block: `model\.init_args\.loss\.kl_coef`\)"
+        ],
+    ),
+    (
+        "a sampling flag of lit_align eval given flat",
+        lambda d: [
+            "eval",
+            "--model",
+            "tiny",
+            "--data",
+            "synthetic:addition",
+            "--temperature",
+            "0.5",
+        ],
+        2,
+        [r"unknown key `temperature` \(did you mean `sampling\.temperature`\?\)"],
+    ),
+    (
+        "a wrong value in the loss block",
+        lambda d: ["fit", "--config", GRPO, "--model.init_args.loss.cliprange", "-1"],
+        1,
+        [r"loss\.cliprange must be >= 0 \(e\.g\. 0\.2\), got -1"],
+    ),
+    (
         "negative group size",
         lambda d: ["fit", "--config", GRPO, "--data.init_args.group_size", "-8"],
         1,
@@ -209,3 +237,14 @@ def test_close_keys_and_the_innermost_message():
             ) from inner
     except ValueError as outer:
         assert one_line(outer) == "micro_batch_size must be >= 1, got 0"
+
+
+def test_the_moved_key_table_matches_the_blocks():
+    from dataclasses import fields
+
+    from lit_align import cli_errors
+    from lit_align.losses import LossConfig
+    from lit_align.rounds import AdvantageConfig
+
+    assert set(cli_errors._LOSS_KEYS) == {f.name for f in fields(LossConfig)}
+    assert set(cli_errors._ADVANTAGE_KEYS) == {f.name for f in fields(AdvantageConfig)}

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from lit_align.data.sources import Example
+from lit_align.engines.base import Completion, SamplingConfig
 from lit_align.evaluation import evaluate, log_generations, pass_at_k, summarize
 from lit_align.rewards import MathEvaluator
-from lit_align.rollout.base import Completion, SamplingConfig
 
 
 def test_pass_at_k_hand_values():

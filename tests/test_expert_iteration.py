@@ -11,10 +11,11 @@ import torch
 
 from lit_align.cli import main
 from lit_align.data import ExpertIterationDataModule
+from lit_align.engines import SamplingConfig
 from lit_align.modules import SFTModule
 from lit_align.rewards import RewardEvaluator
-from lit_align.rollout import SamplingConfig
 from tests.figures import figure
+from tests.helpers import cpu_trainer
 from tests.test_cli import _scalars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,19 +55,7 @@ def _data(evaluator: RewardEvaluator, **kw) -> ExpertIterationDataModule:
 def _fit(data, tmp_path, max_epochs=3, ckpt_path=None, callbacks=()):
     L.seed_everything(0)
     module = SFTModule("tiny", dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        reload_dataloaders_every_n_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-    )
+    trainer = cpu_trainer(callbacks, max_epochs=max_epochs, default_root_dir=tmp_path)
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer, module
 
@@ -91,7 +80,7 @@ def test_training_pairs_are_the_correct_samples_of_the_step(tmp_path):
     data = _data(evaluator)
     trainer, _ = _fit(data, tmp_path, max_epochs=1)
     prompts, responses, *_ = data._train
-    kept = data.keep(data.round.records)
+    kept = data.keep(data.latest_round.records)
     assert kept and len(prompts) == len(kept)
     end = "<|endoftext|>"  # the demo template ends responses with EOS
     for (p, r), prompt, response in zip(kept, prompts, responses, strict=True):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 
-import lightning as L
 import pytest
 
 from lit_align.cli import main
@@ -14,8 +13,10 @@ from lit_align.commands import run_generate
 from lit_align.data import SFTDataModule
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import GSM8K_SYSTEM_PROMPT
+from lit_align.engines import SamplingConfig
 from lit_align.generate import GOLD_SYSTEM_PROMPTS
 from lit_align.modules import SFTModule
+from tests.helpers import cpu_trainer
 from tests.openai_stub import StubServer, prompt_of
 
 GOOD = "<reasoning>\n{k} plus {k} is {s}.\n</reasoning>\n<answer>\n{s}\n</answer>"
@@ -47,13 +48,12 @@ def gsm8k_file(tmp_path):
 def _args(url, data, out, *extra):
     return [
         "generate",
-        "--backend=openai",
         f"--base_url={url}",
         "--model=stub-model",
         f"--data={data}",
         "--template=gsm8k_chat",
-        "--n=4",
-        "--temperature=1.0",
+        "--sampling.n=4",
+        "--sampling.temperature=1.0",
         f"--output={out}",
         "--progress=false",
         "--max_concurrency=2",
@@ -108,16 +108,14 @@ def test_generate_keeps_only_correct_formatted_unique_answers_and_resumes(
 def test_generate_refuses_to_mix_settings_or_clobber_a_file(gsm8k_file, tmp_path):
     out = tmp_path / "gold.jsonl"
     with StubServer(_reply) as server:
-        run_generate(
-            str(gsm8k_file), str(out), "stub-model", base_url=server.url, n=1, progress=False
-        )
+        run_generate(str(gsm8k_file), str(out), "stub-model", base_url=server.url, progress=False)
         with pytest.raises(ValueError, match=r"other settings \(sampling: .*--overwrite true"):
             run_generate(
                 str(gsm8k_file),
                 str(out),
                 "stub-model",
                 base_url=server.url,
-                temperature=0.5,
+                sampling=SamplingConfig(temperature=0.5),
                 progress=False,
             )
         foreign = tmp_path / "mine.jsonl"
@@ -140,13 +138,20 @@ def test_generate_refuses_to_mix_settings_or_clobber_a_file(gsm8k_file, tmp_path
             str(out),
             "stub-model",
             base_url=server.url,
-            temperature=0.5,
+            sampling=SamplingConfig(temperature=0.5),
             overwrite=True,
             progress=False,
         )
     assert totals["questions"] == 6 and totals["kept"] == 5
     with pytest.raises(ValueError, match="greedy samples would be identical"):
-        run_generate(str(gsm8k_file), str(out), "m", base_url="http://x/v1", n=2, progress=False)
+        run_generate(
+            str(gsm8k_file),
+            str(out),
+            "m",
+            base_url="http://x/v1",
+            sampling=SamplingConfig(n=2, temperature=0.0),
+            progress=False,
+        )
 
 
 def test_a_killed_run_leaves_no_row_twice(gsm8k_file, tmp_path):
@@ -171,14 +176,7 @@ def test_sft_trains_on_generated_data_in_its_own_chat_format(gsm8k_file, tmp_pat
     module = SFTModule("tiny", dtype="float32")
     # responses: reference (as configs/sft_gsm8k.yaml sets it) keeps rows that carry a response
     dm = SFTDataModule(str(out), template="gsm8k_chat", responses="reference", micro_batch_size=5)
-    L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(module, dm)
+    cpu_trainer(max_steps=1).fit(module, dm)
     prompts, responses, *_ = dm._train
     assert len(prompts) == 5
     assert all(GSM8K_SYSTEM_PROMPT in p and "<|im_start|>assistant" in p for p in prompts)
@@ -191,11 +189,8 @@ def test_generate_with_a_local_hf_engine(tmp_path):
         "synthetic:addition",
         str(out),
         "tiny",
-        backend="hf",
         template="demo",
-        n=2,
-        temperature=1.0,
-        max_new_tokens=6,
+        sampling=SamplingConfig(n=2, temperature=1.0, max_new_tokens=6),
         limit=5,
         require_format=False,
         progress=False,

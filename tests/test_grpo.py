@@ -8,20 +8,13 @@ import pytest
 import torch
 
 from lit_align.data import RolloutDataModule
+from lit_align.engines import SamplingConfig, StaleWeightsError
+from lit_align.engines.hf import HFEngine
+from lit_align.losses import LOSS_FIELDS, LossConfig
 from lit_align.modules import GRPOModule
 from lit_align.rewards import RewardEvaluator
-from lit_align.rollout import SamplingConfig, StaleWeightsError
-from lit_align.rollout.hf import HFEngine
-
-
-class DistinctCharacters(RewardEvaluator):
-    """A reward that varies for an untrained model (the math grader gives it all zeros)."""
-
-    component_names = ("distinct",)
-    total_weights = (1.0,)
-
-    def score(self, prompts, completions, answers):
-        return torch.tensor([[len(set(c)) / 10.0] for c in completions])
+from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig
+from tests.helpers import DistinctCharacters, cpu_trainer
 
 
 def _dm(**kw):
@@ -36,27 +29,20 @@ def _dm(**kw):
         sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
         evaluator=DistinctCharacters(),
     )
+    advantages = {k: kw.pop(k) for k in list(kw) if k in ADVANTAGE_FIELDS}
+    if advantages:
+        kw["advantages"] = AdvantageConfig(**advantages)
     return RolloutDataModule(**{**defaults, **kw})
 
 
 def _trainer(callbacks=(), **kw):
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        max_epochs=2,
-        reload_dataloaders_every_n_epochs=1,
-        accumulate_grad_batches=4,
-    )
-    return L.Trainer(callbacks=list(callbacks), **{**defaults, **kw})
+    return cpu_trainer(callbacks, **{"accumulate_grad_batches": 4, **kw})
 
 
 def _module(**kw):
+    loss = {k: kw.pop(k) for k in list(kw) if k in LOSS_FIELDS}
+    if loss:
+        kw["loss"] = LossConfig(**loss)
     return GRPOModule(
         "tiny", dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kw
     )
@@ -286,7 +272,7 @@ def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path
     acc.Reload()
     lengths = [e.value for e in acc.Scalars("rollout/response_length_mean")]
     assert len(lengths) == 2  # one per round: the sample logger adds no scalar of its own
-    assert lengths[-1] == pytest.approx(dm.round.metrics["rollout/response_length_mean"])
+    assert lengths[-1] == pytest.approx(dm.latest_round.metrics["rollout/response_length_mean"])
     assert "rollout/sample_1/text_summary" in acc.Tags()["tensors"]
     assert "train/kl_to_rollout" in acc.Tags()["scalars"]
 
@@ -332,7 +318,7 @@ def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tm
     def untimed(metrics):
         return {k: v for k, v in metrics.items() if not k.startswith("time/") and "_per_s" not in k}
 
-    assert untimed(resumed_dm.round.metrics) == untimed(full_dm.round.metrics)
+    assert untimed(resumed_dm.latest_round.metrics) == untimed(full_dm.latest_round.metrics)
 
 
 class Constant(RewardEvaluator):
@@ -411,7 +397,7 @@ def test_sigterm_in_a_round_saves_a_resumable_checkpoint_and_stops(tmp_path):
 def test_the_hf_engine_stops_generating_when_interrupted():
     import time
 
-    from lit_align.rollout import GenerationInterrupted
+    from lit_align.engines import GenerationInterrupted
 
     module = _module()
     engine = HFEngine.from_policy(module.model, module.tokenizer)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lit_align.data.creative import STORY_PROMPT, load_opening_lines
+from lit_align.engines.openai_api import APIError
 from lit_align.rewards import JudgeEvaluator, LocalJudge, OpenAIChatJudge, parse_scores
 from lit_align.rewards.judge import discrimination_metrics
-from lit_align.rollout.openai_api import APIError
 
 C = ("creativity", "coherence", "engagement")
 
@@ -67,26 +67,26 @@ class _JudgeServer:
                     n = len(owner.requests)
                     owner.active += 1
                     owner.max_active = max(owner.max_active, owner.active)
-                try:
-                    time.sleep(owner.delay_s)
-                    if n <= owner.fail_first:
-                        self.send_response(503)
-                        self.end_headers()
-                        return
-                    prompt = body["messages"][-1]["content"]
-                    # Reply chosen by the story's marker, so concurrency cannot reorder answers.
-                    reply = next((r for key, r in owner.replies if key in prompt), "no idea")
-                    data = json.dumps(
-                        {"choices": [{"message": {"role": "assistant", "content": reply}}]}
-                    ).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                time.sleep(owner.delay_s)
+                # The request stops counting as active before its reply is sent: once the client
+                # has the reply it may send the next request at once, before this thread returns.
+                with owner.lock:
+                    owner.active -= 1
+                if n <= owner.fail_first:
+                    self.send_response(503)
                     self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    with owner.lock:
-                        owner.active -= 1
+                    return
+                prompt = body["messages"][-1]["content"]
+                # Reply chosen by the story's marker, so concurrency cannot reorder answers.
+                reply = next((r for key, r in owner.replies if key in prompt), "no idea")
+                data = json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

@@ -12,7 +12,7 @@ import torch
 
 from lit_align.compat import grpo_microbatch_train_step
 from lit_align.estimators import importance_weights, kl_penalty
-from lit_align.losses import compute_per_token_policy_loss, policy_loss
+from lit_align.losses import LossConfig, compute_per_token_policy_loss, policy_loss
 from lit_align.modules import GRPOModule
 
 LN = math.log
@@ -66,15 +66,23 @@ def test_dual_clip_matches_the_published_formula_and_has_no_gradient_past_the_bo
 def test_dual_clip_needs_a_bound_above_one():
     with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
         policy_loss(
-            LOGP, torch.ones(2, 2), "grpo_clip", advantages=ADV, old_log_probs=OLD, clip_ratio_c=1.0
+            LOGP,
+            torch.ones(2, 2),
+            LossConfig("grpo_clip", clip_ratio_c=1.0),
+            advantages=ADV,
+            old_log_probs=OLD,
         )
     with pytest.raises(ValueError, match="clip_ratio_c"):
-        GRPOModule("tiny", dtype="float32", clip_ratio_c=0.5)
+        LossConfig(clip_ratio_c=0.5)
 
 
 def test_dual_clip_fraction_is_logged():
     _, m = policy_loss(
-        LOGP, torch.ones(2, 2), "grpo_clip", advantages=ADV, old_log_probs=OLD, clip_ratio_c=3.0
+        LOGP,
+        torch.ones(2, 2),
+        LossConfig("grpo_clip", clip_ratio_c=3.0),
+        advantages=ADV,
+        old_log_probs=OLD,
     )
     assert m["clip_frac_dual"].item() == pytest.approx(0.25)  # 1 token of 4
 
@@ -83,10 +91,16 @@ def test_log_ratio_is_clamped_before_exp_in_the_loss_not_in_the_reference_api():
     logp, old, adv = torch.zeros(1, 1), torch.full((1, 1), -30.0), torch.tensor([[-1.0]])
     mask = torch.ones(1, 1)
     # ratio = e^30 unclamped; the composed loss clamps the log-ratio at 20: −A·e^20 = e^20.
-    clamped, _ = policy_loss(logp, mask, "grpo_no_clip", advantages=adv, old_log_probs=old)
+    clamped, _ = policy_loss(
+        logp, mask, LossConfig("grpo_no_clip"), advantages=adv, old_log_probs=old
+    )
     assert clamped.item() == pytest.approx(math.exp(20), rel=1e-6)
     free, _ = policy_loss(
-        logp, mask, "grpo_no_clip", advantages=adv, old_log_probs=old, log_ratio_clamp=None
+        logp,
+        mask,
+        LossConfig("grpo_no_clip", log_ratio_clamp=None),
+        advantages=adv,
+        old_log_probs=old,
     )
     assert free.item() == pytest.approx(math.exp(30), rel=1e-6)
     # CS336 assignment 5's API (compat) keeps the unclamped value bit for bit.
@@ -112,10 +126,9 @@ def test_kl_is_clamped_like_verl():
     _, m = policy_loss(
         logp,
         torch.ones(1, 2),
-        "reinforce_with_baseline",
+        LossConfig("reinforce_with_baseline", kl_coef=0.1),
         advantages=torch.tensor([[0.0]]),
         ref_log_probs=ref,
-        kl_coef=0.1,
     )
     assert m["kl"].item() == pytest.approx((10.0 + math.exp(0.5) - 1.5) / 2)
 
@@ -146,12 +159,9 @@ def test_sequence_importance_sampling_in_the_loss():
     loss, m = policy_loss(
         BEHAVIOUR,
         MASK,
-        "reinforce_with_baseline",
+        LossConfig("reinforce_with_baseline", tis_cap=1.5, tis_level="sequence", tis_mode="mask"),
         advantages=torch.tensor([[1.0], [1.0]]),
         rollout_log_probs=ROLLOUT,
-        tis_cap=1.5,
-        tis_level="sequence",
-        tis_mode="mask",
     )
     # Row 0: mean(ln 2 · 1) = ln 2; row 1: every weight 0 → 0; batch mean ln 2 / 2.
     assert loss.item() == pytest.approx(LN(2) / 2)
@@ -161,8 +171,32 @@ def test_sequence_importance_sampling_in_the_loss():
 
 def test_importance_options_are_checked_at_start_up():
     with pytest.raises(ValueError, match="tis_level"):
-        GRPOModule("tiny", dtype="float32", tis_cap=2.0, tis_level="seq")
+        LossConfig(tis_cap=2.0, tis_level="seq")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tis_mode"):
-        GRPOModule("tiny", dtype="float32", tis_cap=2.0, tis_mode="clip")
+        LossConfig(tis_cap=2.0, tis_mode="clip")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tis_cap must be > 0"):
         importance_weights(BEHAVIOUR, ROLLOUT, MASK, cap=0.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cliprange", -0.1, "loss.cliprange must be >= 0"),
+        ("kl_coef", -1.0, "loss.kl_coef must be >= 0"),
+        ("normalize_constant", 0.0, "loss.normalize_constant must be > 0"),
+        ("tis_cap", 0.0, "loss.tis_cap must be > 0"),
+        ("kl_clamp", 0.0, "loss.kl_clamp must be > 0"),
+        ("aggregation", "sum", "unknown aggregation 'sum'"),
+        ("kl_estimator", "k4", "unknown kl_estimator 'k4'"),
+    ],
+)
+def test_the_loss_block_is_validated_where_it_is_built(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        LossConfig(**{field: value})
+
+
+def test_flat_loss_keys_name_the_block_they_moved_to():
+    with pytest.raises(TypeError, match=r"kl_coef moved into the loss block: .*loss\.kl_coef"):
+        GRPOModule("tiny", dtype="float32", kl_coef=0.1)
+    module = GRPOModule("tiny", dtype="float32", loss=LossConfig(kl_coef=0.1))
+    assert module.loss.kl_coef == 0.1 and module.ref_policy is not None

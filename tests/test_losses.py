@@ -18,6 +18,7 @@ from lit_align.compat import (
 )
 from lit_align.compat import masked_mean as compat_masked_mean
 from lit_align.losses import (
+    LossConfig,
     aggregate_loss,
     compute_per_token_policy_loss,
     kl_penalty,
@@ -157,13 +158,10 @@ def test_policy_loss_metrics_and_kl():
     loss, m = policy_loss(
         LOGP,
         mask,
-        "grpo_clip",
+        LossConfig("grpo_clip", cliprange=0.2, kl_coef=0.1, kl_estimator="k3"),
         advantages=ADV,
         old_log_probs=OLD,
-        cliprange=0.2,
         ref_log_probs=ref,
-        kl_coef=0.1,
-        kl_estimator="k3",
     )
     # Surrogate per token [[−1.2, −0.5], [1.5, 0.8]] → seq means −0.85, 1.15 → 0.15
     # KL k3 = 0.5 + ln2 − 1 = 0.193147 on every token → + 0.1·0.193147
@@ -179,7 +177,9 @@ def test_policy_loss_metrics_and_kl():
         (0.5, 1.0, 1.5)
     )
     with pytest.raises(ValueError, match="ref_log_probs"):
-        policy_loss(LOGP, mask, "grpo_clip", advantages=ADV, old_log_probs=OLD, kl_coef=0.1)
+        policy_loss(
+            LOGP, mask, LossConfig("grpo_clip", kl_coef=0.1), advantages=ADV, old_log_probs=OLD
+        )
 
 
 def test_truncated_importance_sampling():
@@ -190,10 +190,9 @@ def test_truncated_importance_sampling():
     loss, m = policy_loss(
         logp,
         torch.ones(1, 2),
-        "reinforce_with_baseline",
+        LossConfig("reinforce_with_baseline", tis_cap=1.5),
         advantages=torch.tensor([[1.0]]),
         rollout_log_probs=rollout,
-        tis_cap=1.5,
     )
     # per token −A·log p = ln 2 each; weights [1.5, 1] → mean (1.5 ln2 + ln2)/2 = 1.25 ln 2
     assert loss.item() == pytest.approx(1.25 * LN(2))
@@ -202,9 +201,8 @@ def test_truncated_importance_sampling():
         policy_loss(
             logp,
             torch.ones(1, 2),
-            "reinforce_with_baseline",
+            LossConfig("reinforce_with_baseline", tis_cap=2.0),
             advantages=torch.tensor([[1.0]]),
-            tis_cap=2.0,
         )
 
 
@@ -221,13 +219,10 @@ def test_policy_loss_gradcheck():
             return policy_loss(
                 x,
                 mask,
-                loss_type,
+                LossConfig(loss_type, cliprange=0.2, kl_coef=0.05, aggregation="token_mean"),
                 advantages=adv,
                 old_log_probs=old,
-                cliprange=0.2,
                 ref_log_probs=ref,
-                kl_coef=0.05,
-                aggregation="token_mean",
             )[0]
 
         assert torch.autograd.gradcheck(fn, (logp,)), loss_type
@@ -366,16 +361,15 @@ def test_all_padding_rows_and_zero_variance_groups_never_nan():
         loss, m = policy_loss(
             logp,
             mask,
-            "grpo_clip",
+            LossConfig("grpo_clip", aggregation=agg),
             advantages=torch.ones(2, 1),
             old_log_probs=logp.detach(),
-            aggregation=agg,
         )
         assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in m.values())
     loss, m = policy_loss(
         logp,
         torch.zeros(2, 3),
-        "grpo_clip",
+        LossConfig("grpo_clip"),
         advantages=torch.ones(2, 1),
         old_log_probs=logp.detach(),
     )
@@ -389,7 +383,7 @@ def test_on_policy_identities():
     _, m = policy_loss(
         logp,
         torch.ones(4, 5),
-        "grpo_clip",
+        LossConfig("grpo_clip"),
         advantages=torch.randn(4, 1),
         old_log_probs=logp.clone(),
     )

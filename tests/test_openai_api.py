@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from lit_align.rollout import APIError, OpenAICompatibleEngine, RequestFailed, SamplingConfig
-from lit_align.rollout.text import TextSample
+from lit_align.engines import APIError, OpenAICompatibleEngine, RequestFailed, SamplingConfig
+from lit_align.engines.text import TextSample
 from tests.openai_stub import StubServer, prompt_of
 
 

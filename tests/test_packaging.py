@@ -69,7 +69,7 @@ def test_console_script_runs():
 
 def test_import_does_not_pull_optional_heavy_dependencies():
     # The lower floors (docs/DESIGN.md) never import Lightning; vLLM only when an engine is built.
-    rooms = "lit_align.ops, lit_align.estimators, lit_align.losses, lit_align.advantages, lit_align.compat, lit_align.models, lit_align.rollout, lit_align.rollout.vllm"
+    rooms = "lit_align.ops, lit_align.estimators, lit_align.losses, lit_align.advantages, lit_align.compat, lit_align.models, lit_align.engines, lit_align.engines.vllm"
     code = f"import sys, lit_align, {rooms}; print(sorted(m for m in ('vllm', 'flash_attn', 'lightning') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_align.engines import HFEngine, SamplingConfig
+from lit_align.engines.weights import sync_weights
 from lit_align.ops import get_response_log_probs
-from lit_align.rollout import HFEngine, SamplingConfig
-from lit_align.rollout.weights import sync_weights
 
 
 @pytest.fixture()
@@ -127,7 +127,7 @@ def test_samples_do_not_depend_on_the_batch(tiny_model, tiny_tokenizer):
 
 
 def test_max_logprob_gap_sees_whether_the_engine_holds_the_policy(tiny_model, tiny_tokenizer):
-    from lit_align.rollout import max_logprob_gap
+    from lit_align.engines import max_logprob_gap
 
     engine = HFEngine.from_policy(tiny_model, tiny_tokenizer)
     prompts = [[5, 6, 7], [8, 9]]
@@ -140,7 +140,7 @@ def test_max_logprob_gap_sees_whether_the_engine_holds_the_policy(tiny_model, ti
 
 def test_batched_sampling_draws_what_per_row_multinomial_draws():
     """The sampler's exponential race over a (rows, V) buffer is torch.multinomial, draw for draw."""
-    from lit_align.rollout.hf import _StepSampler
+    from lit_align.engines.hf import _StepSampler
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3  # (rows, V)

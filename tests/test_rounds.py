@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_align.engines import HFEngine, SamplingConfig
 from lit_align.rewards import RewardEvaluator
-from lit_align.rollout import HFEngine, SamplingConfig
 from lit_align.rounds import AdvantageConfig, run_round
 
 

@@ -237,10 +237,10 @@ def test_the_answer_time_limit_scales_with_machine_load(monkeypatch):
 
 
 def test_grading_timeouts_reach_the_round_metrics_and_the_log(monkeypatch, caplog):
+    from lit_align.engines.base import Completion
     from lit_align.grading import grade_completions
     from lit_align.rewards import MathEvaluator
     from lit_align.rewards import sandbox as sb
-    from lit_align.rollout.base import Completion
 
     pool = GradingPool(num_workers=1, timeout_s=1.0)
     monkeypatch.setattr(sb, "_POOL", pool)

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_align.data import SFTDataModule
 from lit_align.data.sft import WindowBatchSampler
 from lit_align.modules import SFTModule
+from tests.helpers import cpu_trainer
 
 
 def _sgd(params):
@@ -17,17 +18,7 @@ def _sgd(params):
 
 
 def _trainer(**kw):
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    return L.Trainer(**{**defaults, **kw})
+    return cpu_trainer(**{"max_epochs": None, "reload_dataloaders_every_n_epochs": 0, **kw})
 
 
 def _fit(micro, accumulate, size=8, aggregation="token_mean", **trainer_kw):
@@ -250,7 +241,9 @@ def test_length_grouping_cuts_padding_and_still_sees_every_example_once_per_epoc
     lengths = [rng.randint(100, 300) for _ in range(600)]
     counts = [n // 2 for n in lengths]
     plain = WindowBatchSampler(counts, 16, accumulate=2, seed=4)
-    grouped = WindowBatchSampler(counts, 16, accumulate=2, seed=4, lengths=lengths, group_size=256)
+    grouped = WindowBatchSampler(
+        counts, 16, accumulate=2, seed=4, lengths=lengths, length_bucket=256
+    )
     for sampler in (plain, grouped):
         for epoch in (0, 1):
             sampler.set_epoch(epoch)
@@ -270,8 +263,8 @@ def test_length_grouping_cuts_padding_and_still_sees_every_example_once_per_epoc
     again = list(grouped)
     grouped.set_epoch(0)
     assert again != list(grouped)
-    with pytest.raises(ValueError, match="group_size needs"):
-        WindowBatchSampler(counts, 16, group_size=256)
+    with pytest.raises(ValueError, match="length_bucket needs"):
+        WindowBatchSampler(counts, 16, length_bucket=256)
 
 
 def test_sft_loss_of_a_micro_batch_is_the_unpadded_loss(tiny_model, tiny_tokenizer):

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.factory import EngineConfig
-from lit_align.rollout.vllm import VLLMEngine, llm_kwargs, sampling_kwargs
+from lit_align.engines.base import SamplingConfig
+from lit_align.engines.factory import EngineConfig
+from lit_align.engines.vllm import VLLMEngine, llm_kwargs, sampling_kwargs
 
 
 @dataclass
@@ -181,7 +181,7 @@ def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch):
 
 
 def test_unsupported_head_size_names_the_fix(tiny_model_dir):
-    from lit_align.rollout.vllm import check_head_size
+    from lit_align.engines.vllm import check_head_size
 
     # The default tiny model: hidden 64 / 4 heads = head size 16, below the CPU kernels' 32.
     with pytest.raises(ValueError, match=r"head size 16 .*supported: 32, 64.*engine\.backend: hf"):

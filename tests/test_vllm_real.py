@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_align.rollout import (
+from lit_align.engines import (
     EngineConfig,
     SamplingConfig,
     build_engine,
@@ -157,7 +157,7 @@ def eager_to_stop(tmp_path_factory):
 
 
 def test_eos_and_min_new_tokens_match_the_hf_engine(eager_to_stop):
-    from lit_align.rollout import HFEngine
+    from lit_align.engines import HFEngine
 
     model, tok, engine = eager_to_stop
     hf = HFEngine(copy.deepcopy(model), tok)
@@ -198,16 +198,17 @@ def test_eval_on_vllm_matches_the_hf_engine_without_an_hf_copy(
     from lit_align.cli import main
 
     common = ["eval", "--model", str(demo_model), "--data", "synthetic:addition"]
-    common += ["--template", "demo", "--limit", "128", "--max_new_tokens", "24"]
+    common += ["--template", "demo", "--limit", "128", "--sampling.max_new_tokens", "24"]
     main([*common, "--output_dir", str(tmp_path / "hf")])
 
     def no_hf_model(*args, **kwargs):
-        raise AssertionError("lit_align eval --backend vllm loaded an HF copy of the model")
+        raise AssertionError("lit_align eval --engine.backend vllm loaded an HF copy of the model")
 
     monkeypatch.setattr(lit_align.models, "load_model_and_tokenizer", no_hf_model)
     capsys.readouterr()
-    vllm_args = ["--backend", "vllm", "--dtype", "float32", "--enforce_eager", "true"]
-    vllm_args += ["--kv_cache_memory_bytes", str(256 * 2**20), "--max_model_len", "256"]
+    vllm_args = ["--engine.backend", "vllm", "--engine.dtype", "float32"]
+    vllm_args += ["--engine.enforce_eager", "true", "--engine.max_model_len", "256"]
+    vllm_args += ["--engine.kv_cache_memory_bytes", str(256 * 2**20)]
     main([*common, *vllm_args, "--output_dir", str(tmp_path / "vllm")])
     err = capsys.readouterr().err
     assert "Processed prompts" in err and "grade" in err  # vLLM's progress bar, then grading's

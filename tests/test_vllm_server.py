@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lit_align.engines import APIError, EngineConfig, OpenAICompatibleEngine, SamplingConfig
 from lit_align.rewards.formats import r1_zero_rewards
-from lit_align.rollout import APIError, OpenAICompatibleEngine, SamplingConfig
 from tests.vllm_server import scrubbed_env, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -69,16 +69,16 @@ def test_generate_writes_a_dataset_that_sft_trains_on(server, smollm2, tmp_path)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     gold = tmp_path / "gold.jsonl"
     command = [
-        *(sys.executable, "-m", "lit_align.cli", "generate", "--backend=openai"),
+        *(sys.executable, "-m", "lit_align.cli", "generate"),
         f"--base_url={server}",
         "--model=smollm2",
         f"--data={data}",
         "--template=demo",
         "--endpoint=completions",
-        "--n=4",
-        "--temperature=1.0",
+        "--sampling.n=4",
+        "--sampling.temperature=1.0",
         "--max_per_question=2",
-        "--max_new_tokens=40",
+        "--sampling.max_new_tokens=40",
         f"--output={gold}",
         "--progress=false",
     ]
@@ -129,13 +129,16 @@ def test_generate_with_an_in_process_vllm_engine(smollm2, tmp_path):
         str(data),
         str(tmp_path / "self.jsonl"),
         str(smollm2),
-        backend="vllm",
         template="demo",
-        max_new_tokens=40,
-        dtype="float32",
-        kv_cache_memory_bytes=256 * 2**20,
-        max_model_len=1024,
-        enforce_eager=True,
+        sampling=SamplingConfig(temperature=0.0, max_new_tokens=40),
+        engine=EngineConfig(
+            backend="vllm",
+            dtype="float32",
+            kv_cache_memory_bytes=256 * 2**20,
+            max_model_len=1024,
+            enforce_eager=True,
+            enable_sleep_mode=False,
+        ),
         progress=False,
     )
     assert totals["questions"] == 4 and totals["kept"] >= 3 and totals["api_errors"] == 0

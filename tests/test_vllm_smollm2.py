@@ -12,8 +12,7 @@ import torch
 
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import format_prompt
-from lit_align.ops import get_response_log_probs
-from lit_align.rollout import (
+from lit_align.engines import (
     EngineConfig,
     HFEngine,
     SamplingConfig,
@@ -21,6 +20,8 @@ from lit_align.rollout import (
     max_logprob_gap,
     sync_weights,
 )
+from lit_align.ops import get_response_log_probs
+from tests.helpers import cpu_trainer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -133,17 +134,7 @@ def test_sft_teaches_the_real_model_to_end_its_turn(smollm2, tmp_path):
         batch_size=8,
         max_length=320,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=12,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_steps=12, default_root_dir=tmp_path)
     trainer.fit(module, data)
     tok = module.tokenizer
     prompts = _prompts(tok, 16)

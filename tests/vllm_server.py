@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lit_align.rollout import APIError, OpenAICompatibleEngine
+from lit_align.engines import APIError, OpenAICompatibleEngine
 
 
 def scrubbed_env(**extra: str) -> dict[str, str]:

@@ -11,18 +11,19 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from lit_align.contracts import PolicySource, policy_source
 from lit_align.data.sources import Example, Layout, load_examples
 from lit_align.data.templates import (
     TEMPLATE_NAMES,
     TemplateName,
     format_prompt,
-    stop_strings_for,
+    with_template_stops,
 )
+from lit_align.engines.base import RolloutEngine, SamplingConfig, check_weight_version
+from lit_align.engines.factory import EngineConfig, build_engine
+from lit_align.engines.weights import sync_weights
 from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
-from lit_align.rollout.base import RolloutEngine, SamplingConfig, check_weight_version
-from lit_align.rollout.factory import EngineConfig, build_engine
-from lit_align.rollout.weights import sync_weights
 
 __all__ = ["PromptDataset", "TaskDataModule", "default_evaluator"]
 
@@ -140,25 +141,21 @@ class TaskDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ wiring
 
-    @property
-    def module(self) -> Any:
-        if self.trainer is None or self.trainer.lightning_module is None:
-            raise RuntimeError(
-                f"{type(self).__name__} needs a Trainer with a LightningModule (tokenizer, model)"
-            )
-        return self.trainer.lightning_module
+    def policy(self) -> PolicySource:
+        """The LightningModule being trained, through its declared contract (model, tokenizer)."""
+        return policy_source(self.trainer)
 
     @property
     def tokenizer(self) -> Any:
-        return self.module.tokenizer
+        return self.policy().tokenizer
 
     @property
     def engine(self) -> RolloutEngine:
         """The rollout engine, built on first use (no weights are pushed: see :meth:`synced_engine`)."""
         if self._engine is None:
-            module = self.module
+            policy = self.policy()
             self._engine = build_engine(
-                self.engine_config, module.model, module.tokenizer, module.model_name_or_path
+                self.engine_config, policy.model, policy.tokenizer, policy.model_name_or_path
             )
         return self._engine
 
@@ -172,7 +169,7 @@ class TaskDataModule(L.LightningDataModule):
         """
         engine = self.engine
         if engine.weight_version != step:
-            seconds = sync_weights(engine, self.module.model, step)
+            seconds = sync_weights(engine, self.policy().model, step)
             logger = self.trainer.logger if self.trainer is not None else None
             if logger is not None:
                 logger.log_metrics({WEIGHT_SYNC_S: seconds}, step=step)
@@ -232,8 +229,11 @@ class TaskDataModule(L.LightningDataModule):
                 f"group_size, the sampling seed from seed and the {unit}); set group_size and "
                 "seed instead"
             )
-        stop = stop_strings_for(self.template) if given.stop is None else list(given.stop)
-        return replace(given, n=group_size, stop=stop)
+        return with_template_stops(replace(given, n=group_size), self.template)
+
+    def task_sampling(self, sampling: SamplingConfig) -> SamplingConfig:
+        """``sampling`` with this task's stop strings when it names none."""
+        return with_template_stops(sampling, self.template)
 
     def prompt_text(self, example: Example) -> str:
         if example.prompt is not None:

@@ -23,7 +23,8 @@ from lit_align.data.base import seeded_stream
 from lit_align.data.sft import SFTDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import end_of_response
-from lit_align.rollout.base import SamplingConfig
+from lit_align.engines.base import SamplingConfig
+from lit_align.metrics import EI_KEPT, EI_KEPT_FRACTION, EI_SOLVED_FRAC, EI_UNSOLVED
 from lit_align.rounds import Round, run_round
 
 __all__ = ["ExpertIterationDataModule"]
@@ -72,13 +73,14 @@ class ExpertIterationDataModule(SFTDataModule):
                 raise ValueError(f"ExpertIterationDataModule: {name} must be >= 1, got {value}")
         self.questions_per_step = questions_per_step
         self.group_size = group_size
+        self.evaluator.set_group_size(group_size)
         self.epochs_per_step = epochs_per_step
         self.keep_formatted_only = keep_formatted_only
         self.dedupe = dedupe
         self.sampling = self.group_sampling(sampling, group_size, "step")
         self._questions: list[Example] | None = None
         self._step_key: int | None = None  # the EI step whose kept set self._train holds
-        self.round: Round | None = None  # the latest step's samples (callbacks read it)
+        self.latest_round: Round | None = None  # the latest step's samples (callbacks read it)
 
     def check_trainer(self, trainer: Any) -> None:
         super().check_trainer(trainer)
@@ -146,10 +148,15 @@ class ExpertIterationDataModule(SFTDataModule):
         for attempt in range(_FIRST_STEP_TRIES if self._train is None else 1):
             # Later attempts (first step only) take the questions of steps not yet reached.
             index = step + attempt * 1_000_000
-            self.round = self.generate_step(engine, index, trainer.global_rank, trainer.world_size)
-            kept = self.keep(self.round.records)
+            self.latest_round = self.generate_step(
+                engine, index, trainer.global_rank, trainer.world_size
+            )
+            kept = self.keep(self.latest_round.records)
             pairs = self._pairs(kept)
-            metrics = {**self.round.metrics, **self._step_metrics(self.round.records, kept)}
+            metrics = {
+                **self.latest_round.metrics,
+                **self._step_metrics(self.latest_round.records, kept),
+            }
             if trainer.logger is not None:
                 trainer.logger.log_metrics(metrics, step=trainer.global_step)
             if pairs[0]:
@@ -183,10 +190,10 @@ class ExpertIterationDataModule(SFTDataModule):
             by_question.setdefault(r["example_index"], []).append(bool(r["correct"]))
         solved = [any(v) for v in by_question.values()]
         return {
-            "ei/kept": float(len(kept)),
-            "ei/kept_fraction": len(kept) / max(len(records), 1),
-            "ei/questions_solved_frac": sum(solved) / max(len(solved), 1),
-            "ei/questions_without_correct": float(len(solved) - sum(solved)),
+            EI_KEPT: float(len(kept)),
+            EI_KEPT_FRACTION: len(kept) / max(len(records), 1),
+            EI_SOLVED_FRAC: sum(solved) / max(len(solved), 1),
+            EI_UNSOLVED: float(len(solved) - sum(solved)),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,12 +17,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from lit_align.advantages import BaselineType
 from lit_align.data.base import TaskDataModule, seeded_stream
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.data.sources import Example
-from lit_align.rollout.base import GenerationInterrupted, RolloutEngine, SamplingConfig
-from lit_align.rounds import AdvantageConfig, Round, run_round
+from lit_align.engines.base import GenerationInterrupted, RolloutEngine, SamplingConfig
+from lit_align.metrics import ZERO_VARIANCE_GROUP_FRAC
+from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig, Round, run_round
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,10 @@ class RolloutDataModule(TaskDataModule):
         sampling: how rollouts are sampled (temperature, top_p, max_new_tokens, min_new_tokens,
             stop; stop None: the template's, e.g. ``</answer>``). ``n`` is group_size and the
             seed is derived from ``seed`` and the round, so neither is set here.
-        normalize_by_std: divide advantages by the group's std (GRPO); off is Dr. GRPO.
-        advantage_eps: added to the group std.
-        baseline: ``mean`` (GRPO) or ``leave_one_out`` (RLOO).
-        drop_zero_variance_groups: leave groups whose rewards are all equal out of the loss.
-        mask_truncated: leave completions that hit ``max_new_tokens`` out of the loss (DAPO's
-            overlong filtering); they still count in their group's advantages.
+        advantages: group advantages and the round's filters, one block
+            (:class:`~lit_align.rounds.AdvantageConfig`: ``normalize_by_std``, ``eps``,
+            ``baseline``, ``drop_zero_variance_groups``, ``mask_truncated``). Default: GRPO's
+            (mean baseline, divided by the group std).
         synthetic_size: prompts of a synthetic task.
         zero_signal_rounds: warn when this many rounds in a row have (nearly) every group's
             rewards equal (``rollout/zero_variance_group_frac`` ≥ 0.99): every advantage and so
@@ -72,29 +70,30 @@ class RolloutDataModule(TaskDataModule):
         micro_batch_size: int = 2,
         epochs_per_rollout_batch: int = 1,
         sampling: SamplingConfig | None = None,
-        normalize_by_std: bool = True,
-        advantage_eps: float = 1e-6,
-        baseline: BaselineType = "mean",
-        drop_zero_variance_groups: bool = False,
-        mask_truncated: bool = False,
+        advantages: AdvantageConfig = AdvantageConfig(),
         synthetic_size: int = 1024,
         zero_signal_rounds: int | None = 3,
         stop_on_zero_signal: bool = False,
         **kwargs: Any,
     ) -> None:
+        moved = [k for k in kwargs if k in ADVANTAGE_FIELDS | {"advantage_eps"}]
+        if moved:  # a clear error, not a silent alias: the block is the one place
+            name = "eps" if moved[0] == "advantage_eps" else moved[0]
+            raise TypeError(
+                f"RolloutDataModule: {', '.join(moved)} moved into the advantages block: "
+                f"advantages=AdvantageConfig({name}=…) in Python, data.init_args.advantages.{name} "
+                "in a config"
+            )
         super().__init__(**kwargs)
         self.train_source = train_source
         self.limit = limit
         self.group_size = group_size
-        if hasattr(self.evaluator, "group_size") and self.evaluator.group_size is None:
-            self.evaluator.group_size = group_size  # the judge's within-group metrics need it
+        self.evaluator.set_group_size(group_size)
         self.rollout_batch_size = rollout_batch_size
         self.train_batch_size = train_batch_size
         self.micro_batch_size = micro_batch_size
         self.epochs_per_rollout_batch = epochs_per_rollout_batch
-        self.advantages = AdvantageConfig(
-            advantage_eps, normalize_by_std, baseline, drop_zero_variance_groups, mask_truncated
-        )
+        self.advantages = advantages
         self.synthetic_size = synthetic_size
         self.zero_signal_rounds = zero_signal_rounds
         self.stop_on_zero_signal = stop_on_zero_signal
@@ -102,7 +101,9 @@ class RolloutDataModule(TaskDataModule):
         self._round_key: tuple[int, int] | None = None  # (round, step) of self.buffer
         self._prompts: list[Example] | None = None
         self.buffer: RolloutBuffer | None = None
-        self.round: Round | None = None  # the latest round (callbacks read its records, metrics)
+        self.latest_round: Round | None = (
+            None  # the latest round (callbacks read its records, metrics)
+        )
         self._check_sizes(world_size=1)
         self.sampling = self.group_sampling(sampling, group_size, "round")
 
@@ -190,7 +191,7 @@ class RolloutDataModule(TaskDataModule):
         examples = self.round_prompts(round_index, rank, world_size)
         prompts = [self.prompt_text(e) for e in examples]
         sampling = replace(self.sampling, seed=self.seed * 1_000_003 + round_index)
-        self.round = run_round(
+        self.latest_round = run_round(
             engine,
             self.evaluator,
             prompts,
@@ -199,7 +200,7 @@ class RolloutDataModule(TaskDataModule):
             sampling,
             self.advantages,
         )
-        return RolloutBuffer(self.round.samples)
+        return RolloutBuffer(self.latest_round.samples)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -248,8 +249,10 @@ class RolloutDataModule(TaskDataModule):
         if trainer.received_sigterm:
             self._preempt(trainer, round_index)
         self._round_key = (round_index, trainer.global_step)
-        if trainer.logger is not None and self.round is not None:  # whatever module trains on it
-            trainer.logger.log_metrics(self.round.metrics, step=trainer.global_step)
+        if (
+            trainer.logger is not None and self.latest_round is not None
+        ):  # whatever module trains on it
+            trainer.logger.log_metrics(self.latest_round.metrics, step=trainer.global_step)
         self._watch_signal(trainer)
 
     def _preempt(self, trainer: Any, round_index: int) -> None:
@@ -270,8 +273,8 @@ class RolloutDataModule(TaskDataModule):
     # ------------------------------------------------------------------ no learning signal
 
     def _watch_signal(self, trainer: Any) -> None:
-        flat = self.round is not None and (
-            self.round.metrics["rollout/zero_variance_group_frac"] >= 0.99
+        flat = self.latest_round is not None and (
+            self.latest_round.metrics[ZERO_VARIANCE_GROUP_FRAC] >= 0.99
         )
         self._flat_rounds = self._flat_rounds + 1 if flat else 0
         if self.zero_signal_rounds is None or self._flat_rounds != self.zero_signal_rounds:

@@ -26,8 +26,8 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
     accumulated (÷ accumulate) add up to the exact token mean of the window. So one process with
     ``accumulate × world_size`` steps sees the same windows and takes the same steps.
 
-    With ``lengths`` and ``group_size``, examples of similar length share windows (and so
-    micro-batches), which cuts padding: each run of ``group_size`` shuffled examples is sorted by
+    With ``lengths`` and ``length_bucket``, examples of similar length share windows (and so
+    micro-batches), which cuts padding: each run of ``length_bucket`` shuffled examples is sorted by
     length, cut into windows, and the windows are shuffled (the grouping of Hugging Face's
     ``group_by_length``). Each micro-batch's loss is the same as it would be with more padding;
     only which examples share a step changes.
@@ -40,7 +40,7 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         rank: this process's rank.
         world_size: number of ranks.
         lengths: total tokens (prompt + response) of each example, for length grouping.
-        group_size: examples sorted together (rounded up to whole windows); None: no grouping.
+        length_bucket: examples sorted together (rounded up to whole windows); None: no grouping.
     """
 
     def __init__(
@@ -52,16 +52,16 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         rank: int = 0,
         world_size: int = 1,
         lengths: Sequence[int] | None = None,
-        group_size: int | None = None,
+        length_bucket: int | None = None,
     ) -> None:
-        if group_size is not None and lengths is None:
-            raise ValueError("group_size needs the examples' lengths")
+        if length_bucket is not None and lengths is None:
+            raise ValueError("length_bucket needs the examples' lengths")
         if lengths is not None and len(lengths) != len(token_counts):
             raise ValueError(
                 f"lengths has {len(lengths)} entries for {len(token_counts)} token_counts"
             )
         self.lengths = list(lengths) if lengths is not None else None
-        self.group_size = group_size
+        self.length_bucket = length_bucket
         self.token_counts = list(token_counts)
         self.micro_batch_size = micro_batch_size
         self.accumulate = accumulate
@@ -84,9 +84,9 @@ class WindowBatchSampler(Sampler[list[tuple[int, float]]]):
         rng.shuffle(order)
         size = self.micro_batch_size * self.accumulate * self.world_size
         windows = [order[start : start + size] for start in range(0, len(order), size)]
-        if self.group_size is not None and self.lengths is not None:
+        if self.length_bucket is not None and self.lengths is not None:
             lengths, grouped = self.lengths, []
-            span = -(-self.group_size // size) * size  # whole windows per sorted group
+            span = -(-self.length_bucket // size) * size  # whole windows per sorted group
             for start in range(0, len(order), span):
                 group = sorted(order[start : start + span], key=lambda i: lengths[i])
                 chunks = [group[k : k + size] for k in range(0, len(group), size)]
@@ -190,7 +190,7 @@ class SFTDataModule(TaskDataModule):
             (``<|im_end|>`` for chat templates, the tokenizer's EOS otherwise), counted in the
             loss, so the fine-tuned model stops by itself instead of running to max_new_tokens.
         max_length: drop training pairs longer than this many tokens (None: keep all).
-        group_by_length: sort each run of this many shuffled training pairs by length before
+        length_bucket: sort each run of this many shuffled training pairs by length before
             cutting it into optimizer steps, so micro-batches carry little padding (faster; the
             loss of a micro-batch does not depend on its padding). None: plain shuffle.
         synthetic_size: examples of a synthetic training task.
@@ -208,7 +208,7 @@ class SFTDataModule(TaskDataModule):
         batch_size: int | None = None,
         end_with_eos: bool = True,
         max_length: int | None = None,
-        group_by_length: int | None = 256,
+        length_bucket: int | None = 256,
         synthetic_size: int = 1024,
         **kwargs: Any,
     ) -> None:
@@ -229,9 +229,9 @@ class SFTDataModule(TaskDataModule):
         self.batch_size = batch_size
         self.end_with_eos = end_with_eos
         self.max_length = max_length
-        if group_by_length is not None and group_by_length < 1:
-            raise ValueError(f"group_by_length must be >= 1 or None, got {group_by_length}")
-        self.group_by_length = group_by_length
+        if length_bucket is not None and length_bucket < 1:
+            raise ValueError(f"length_bucket must be >= 1 or None, got {length_bucket}")
+        self.length_bucket = length_bucket
         self.synthetic_size = synthetic_size
         self._train: tuple[list[str], list[str], list[int], list[int]] | None = None
         self.stats: dict[str, int] = {}
@@ -314,7 +314,7 @@ class SFTDataModule(TaskDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             lengths=lengths,
-            group_size=self.group_by_length,
+            length_bucket=self.length_bucket,
         )
         return _ResumableLoader(
             _PairDataset(prompts, responses),

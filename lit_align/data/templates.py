@@ -9,9 +9,12 @@ The r1_zero and question_only texts are the project's copies of the CS336 prompt
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any, Literal, get_args
+
+from lit_align.engines.base import SamplingConfig
 
 __all__ = [
     "GSM8K_SYSTEM_PROMPT",
@@ -19,6 +22,7 @@ __all__ = [
     "TemplateName",
     "format_prompt",
     "stop_strings_for",
+    "with_template_stops",
 ]
 
 TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo", "story", "story_chat"]
@@ -136,3 +140,11 @@ def end_of_response(template: TemplateName, tokenizer: Any) -> str:
 def stop_strings_for(template: TemplateName) -> list[str]:
     """Default stop strings of a template (``</answer>`` for the r1-style ones)."""
     return list(_STOPS.get(template, []))
+
+
+def with_template_stops(sampling: SamplingConfig, template: str) -> SamplingConfig:
+    """``sampling`` with the template's stop strings when it names none (``stop: None``); the
+    one place a task's default stop strings are filled in (training, validation, eval, generate)."""
+    if sampling.stop is not None:
+        return sampling
+    return replace(sampling, stop=stop_strings_for(template))  # type: ignore[arg-type]

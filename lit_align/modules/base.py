@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import lightning as L
@@ -13,14 +13,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_align.data.templates import stop_strings_for
+from lit_align.contracts import task_data
+from lit_align.engines.base import SamplingConfig
 from lit_align.evaluation import log_generations
 from lit_align.grading import grade_completions
-from lit_align.metrics import PER_RECORD, VAL, prefixed
+from lit_align.metrics import GRAD_NORM, LR, PER_RECORD, TOKENS_PER_S, VAL, prefixed
 from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
-from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rollout.base import SamplingConfig
 
 __all__ = ["PolicyModule"]
 
@@ -67,9 +66,14 @@ class PolicyModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        for key, value in list(self.hparams.items()):
+            if is_dataclass(value):  # plain values, so checkpoints load with weights_only=True
+                self.hparams[key] = asdict(value)  # type: ignore[call-overload]
         self.model_name_or_path = model_name_or_path
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
+        if isinstance(val_sampling, dict):  # from a checkpoint's hyperparameters
+            val_sampling = SamplingConfig(**val_sampling)
         self.val_sampling = val_sampling or SamplingConfig(temperature=0.0, max_new_tokens=1024)
         self.log_samples = log_samples
         self.validate_at_start = validate_at_start
@@ -137,15 +141,15 @@ class PolicyModule(L.LightningModule):
             if grads
             else 0.0
         )
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log(GRAD_NORM, norm, on_step=True, on_epoch=False)
+        self.log(LR, optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def log_throughput(self, tokens: int) -> None:
         """Log tokens/s between consecutive training steps."""
         now = time.perf_counter()
         if self._step_clock is not None:
             self.log(
-                "train/tokens_per_s",
+                TOKENS_PER_S,
                 tokens / max(now - self._step_clock, 1e-9),
                 on_step=True,
                 on_epoch=False,
@@ -154,36 +158,23 @@ class PolicyModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation by generation
 
-    @property
-    def engine(self) -> Any:
-        """The DataModule's rollout engine."""
-        return self.trainer.datamodule.engine
-
-    @property
-    def evaluator(self) -> RewardEvaluator:
-        """The DataModule's evaluator: the data defines the task and how it is graded."""
-        return self.trainer.datamodule.evaluator
-
-    @property
-    def _sampling(self) -> SamplingConfig:
-        """``val_sampling`` with the task's stop strings when it names none."""
-        if self.val_sampling.stop is not None:
-            return self.val_sampling
-        return replace(self.val_sampling, stop=stop_strings_for(self.trainer.datamodule.template))
-
     def on_validation_start(self) -> None:
-        engine = self.trainer.datamodule.synced_engine(self.global_step)
-        engine.wake_up()
+        # The DataModule is asked once per validation, through its declared contract.
+        data = task_data(self.trainer)
+        self._val_engine = data.synced_engine(self.global_step)
+        self._val_engine.wake_up()
+        self._val_task = (data.evaluator, data.task_sampling(self.val_sampling))
         self._val_records = []
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        completions = self.engine.generate([row["prompt_ids"] for row in batch], self._sampling)
+        evaluator, sampling = self._val_task
+        completions = self._val_engine.generate([row["prompt_ids"] for row in batch], sampling)
         records, _, _ = grade_completions(
-            self.evaluator,
+            evaluator,
             [row["prompt"] for row in batch],
             [row["answer"] for row in batch],
             completions,
-            self._sampling.n,
+            sampling.n,
         )
         for name, value in PER_RECORD.items():
             values = [value(r) for r in records]
@@ -195,7 +186,7 @@ class PolicyModule(L.LightningModule):
     def on_train_start(self) -> None:
         if not self.validate_at_start or self.global_step > 0:
             return
-        loaders = self.trainer.datamodule.val_dataloader()
+        loaders = task_data(self.trainer).val_dataloader()
         if not loaders:
             return
         self.on_validation_start()

@@ -16,16 +16,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.losses import (
-    Aggregation,
-    ISLevel,
-    ISMode,
-    KLEstimator,
-    LossType,
-    kl_penalty,
-    policy_loss,
-)
-from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT
+from lit_align.contracts import RoundBuffer, round_data
+from lit_align.losses import LOSS_FIELDS, LossConfig, kl_penalty, policy_loss
+from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT, LOSS, TOKEN_ENTROPY
 from lit_align.modules.base import PolicyModule
 from lit_align.ops import CausalLMLogProbs, guarded_masked_mean
 
@@ -38,24 +31,9 @@ class GRPOModule(PolicyModule):
     """GRPO and its relatives (see :func:`lit_align.losses.policy_loss`).
 
     Args:
-        loss_type: ``no_baseline``, ``reinforce_with_baseline``, ``grpo_clip``, ``grpo_no_clip``
-            or ``gspo`` (sequence-level ratio).
-        cliprange: ε of the clipped types (ε_low with ``cliprange_high``).
-        cliprange_high: ε_high (DAPO clip-higher, e.g. 0.28); None: symmetric.
-        kl_coef: β of the KL penalty to the initial policy; 0 loads no reference model.
-        kl_estimator: ``k1``, ``k2`` or ``k3``.
-        aggregation: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO) or
-            ``seq_mean_token_sum_norm`` (Dr. GRPO, with ``normalize_constant``).
-        normalize_constant: Dr. GRPO's constant (usually the max new tokens).
-        tis_cap: importance sampling against the engine's log-probs: weight each token by
-            min(π_old/π_engine, tis_cap); None: off.
-        tis_level: ``token`` (one ratio per token) or ``sequence`` (the product over the
-            response, TRL's ``sequence_*`` modes).
-        tis_mode: ``truncate`` (min(ratio, cap)) or ``mask`` (drop where ratio > cap).
-        clip_ratio_c: dual-clip PPO bound (> 1, verl's ``clip_ratio_c``, e.g. 3): with A < 0 a
-            token's loss is at most −c·A; None: off.
-        log_ratio_clamp: clamp log-ratios to ±this before ``exp`` (verl's 20); None: off.
-        kl_clamp: clamp the per-token KL estimate to ±this (verl's 10); None: off.
+        loss: the policy loss's options, one block (:class:`~lit_align.losses.LossConfig`:
+            ``loss_type``, ``cliprange``, ``kl_coef``, ``aggregation``, ``tis_cap``, …),
+            validated when the module is built. Default: GRPO's clipped surrogate, ε 0.2, no KL.
         mismatch_warn_threshold: warn when the mean |log π_trainer − log π_engine| per response
             token of a round's first optimizer step (``train/engine_logprob_mismatch``, where the
             two policies must be equal) exceeds this many nats. float32 engines agree to ~1e-6
@@ -69,62 +47,25 @@ class GRPOModule(PolicyModule):
     def __init__(
         self,
         *args: Any,
-        loss_type: LossType = "grpo_clip",
-        cliprange: float = 0.2,
-        cliprange_high: float | None = None,
-        kl_coef: float = 0.0,
-        kl_estimator: KLEstimator = "k3",
-        aggregation: Aggregation = "seq_mean_token_mean",
-        normalize_constant: float = 1024.0,
-        tis_cap: float | None = None,
-        tis_level: ISLevel = "token",
-        tis_mode: ISMode = "truncate",
-        clip_ratio_c: float | None = None,
-        log_ratio_clamp: float | None = 20.0,
-        kl_clamp: float | None = 10.0,
+        loss: LossConfig = LossConfig(),
         mismatch_warn_threshold: float | None = 0.05,
         **kwargs: Any,
     ) -> None:
+        moved = [k for k in kwargs if k in LOSS_FIELDS]
+        if moved:  # a clear error, not a silent alias: the block is the one place
+            raise TypeError(
+                f"GRPOModule: {', '.join(moved)} moved into the loss block: "
+                f"loss=LossConfig({moved[0]}=…) in Python, model.init_args.loss.{moved[0]} in a "
+                "config"
+            )
         super().__init__(*args, **kwargs)
-        self.loss_type = loss_type
-        self.cliprange = cliprange
-        self.cliprange_high = cliprange_high
-        self.kl_coef = kl_coef
-        self.kl_estimator = kl_estimator
-        self.aggregation = aggregation
-        self.normalize_constant = normalize_constant
-        self.tis_cap = tis_cap
-        self.loss_options = dict(
-            tis_level=tis_level,
-            tis_mode=tis_mode,
-            clip_ratio_c=clip_ratio_c,
-            log_ratio_clamp=log_ratio_clamp,
-            kl_clamp=kl_clamp,
-        )
+        if isinstance(loss, dict):  # from a checkpoint's hyperparameters
+            loss = LossConfig(**loss)
+        self.loss = loss
         self.mismatch_warn_threshold = mismatch_warn_threshold
         self._mismatch = torch.zeros(2, dtype=torch.float64)  # (sum of |gap| over tokens, tokens)
-        # Fail at start-up, not at the first step: the loss validates its options on dummy input.
-        dummy = torch.zeros(1, 1)
-        policy_loss(
-            dummy,
-            torch.ones(1, 1),
-            loss_type,
-            raw_rewards=dummy,
-            advantages=dummy,
-            old_log_probs=dummy,
-            cliprange=cliprange,
-            cliprange_high=cliprange_high,
-            ref_log_probs=dummy if kl_coef else None,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-            rollout_log_probs=dummy if tis_cap else None,
-            tis_cap=tis_cap,
-            aggregation=aggregation,
-            normalize_constant=normalize_constant,
-            **self.loss_options,
-        )
         self.ref_policy: nn.Module | None = None
-        if kl_coef > 0:  # a frozen copy of the initial policy
+        if self.loss.kl_coef > 0:  # a frozen copy of the initial policy
             self.ref_policy = CausalLMLogProbs(copy.deepcopy(self.model), self.policy.chunk_tokens)
             self.ref_policy.requires_grad_(False).eval()
         self._round_first_step = True
@@ -134,8 +75,7 @@ class GRPOModule(PolicyModule):
 
     def configure_optimizers(self) -> Any:
         # GRPO knows its step count without building a round (Lightning would ask for a dataloader).
-        dm = self.trainer.datamodule
-        self._total_steps = dm.steps_per_round * self.trainer.max_epochs
+        self._total_steps = round_data(self.trainer).steps_per_round * self.trainer.max_epochs
         return super().configure_optimizers()
 
     def total_optimizer_steps(self) -> int:
@@ -144,18 +84,18 @@ class GRPOModule(PolicyModule):
     # ------------------------------------------------------------------ per round
 
     @torch.no_grad()
-    def store_round_log_probs(self, buffer: Any) -> None:
+    def store_round_log_probs(self, buffer: RoundBuffer) -> None:
         """Old log-probs (when the round takes several optimizer steps) and reference log-probs
         (when ``kl_coef`` > 0) of a generated round, stored in its buffer, once per round."""
-        dm = self.trainer.datamodule
-        needs_old = dm.steps_per_round > 1
+        data = round_data(self.trainer)
+        needs_old = data.steps_per_round > 1
         if not needs_old and self.ref_policy is None:
             return
         was_training = self.policy.training
         self.policy.eval()
         order = buffer.shortest_first()  # micro-batches of similar lengths: little padding
-        for start in range(0, len(buffer), dm.micro_batch_size):
-            indices = order[start : start + dm.micro_batch_size]
+        for start in range(0, len(buffer), data.micro_batch_size):
+            indices = order[start : start + data.micro_batch_size]
             batch = buffer.collate(indices, with_stored=False)
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
             where = batch["completion_mask"].to(self.device)  # only response tokens are stored
@@ -169,7 +109,10 @@ class GRPOModule(PolicyModule):
     def on_train_epoch_start(self) -> None:
         # The round was generated when Lightning reloaded the dataloader; batches are collated
         # only once the epoch iterates, after this hook.
-        self.store_round_log_probs(self.trainer.datamodule.buffer)
+        buffer = round_data(self.trainer).buffer
+        if buffer is None:
+            raise RuntimeError("GRPOModule: the DataModule generated no round before the epoch")
+        self.store_round_log_probs(buffer)
         self._round_first_step = True
         self._mismatch.zero_()
 
@@ -206,34 +149,26 @@ class GRPOModule(PolicyModule):
         log_probs = out["log_probs"]  # (B, L), 0 outside the completions
         mask = batch["response_mask"]
         old = batch.get("old_log_probs")
-        if old is None and self.loss_type in _RATIO_LOSSES:
+        if old is None and self.loss.loss_type in _RATIO_LOSSES:
             old = log_probs.detach()  # on-policy: the sampling policy is the current one
         loss, metrics = policy_loss(
             log_probs,
             mask,
-            self.loss_type,
+            self.loss,
             raw_rewards=batch["raw_rewards"],
             advantages=batch["advantages"],
             old_log_probs=old,
-            cliprange=self.cliprange,
-            cliprange_high=self.cliprange_high,
             ref_log_probs=batch.get("ref_log_probs"),
-            kl_coef=self.kl_coef,
-            kl_estimator=self.kl_estimator,
-            rollout_log_probs=batch["rollout_log_probs"] if self.tis_cap is not None else None,
-            tis_cap=self.tis_cap,
-            aggregation=self.aggregation,
-            normalize_constant=self.normalize_constant,
+            rollout_log_probs=batch["rollout_log_probs"] if self.loss.tis_cap is not None else None,
             token_normalizer=batch["token_normalizer"],
             sequence_normalizer=batch["sequence_normalizer"],
-            **self.loss_options,
         )
         size = mask.shape[0]
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
+        self.log(LOSS, loss, on_step=True, prog_bar=True, batch_size=size)
         for name, value in metrics.items():
             self.log(f"train/{name}", value, on_step=True, batch_size=size)
         self.log(
-            "train/token_entropy",
+            TOKEN_ENTROPY,
             guarded_masked_mean(out["token_entropy"].detach(), completion),
             on_step=True,
             batch_size=size,

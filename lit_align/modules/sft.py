@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lit_align.losses import sft_loss
+from lit_align.metrics import LOSS, LOSS_EPOCH, NLL_PER_TOKEN, RESPONSE_TOKENS, TOKEN_ENTROPY
 from lit_align.modules.base import PolicyModule
 from lit_align.ops import guarded_masked_mean
 
@@ -52,20 +53,18 @@ class SFTModule(PolicyModule):
             token_normalizer=batch.get("token_normalizer"),
         )
         batch_size = mask.shape[0]
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log(LOSS, loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        self.log(LOSS_EPOCH, loss, on_step=False, on_epoch=True, batch_size=batch_size)
         self.log(
-            "train/nll_per_token",
+            NLL_PER_TOKEN,
             guarded_masked_mean(-out["log_probs"].detach(), mask),
             batch_size=batch_size,
         )
         self.log(
-            "train/token_entropy",
+            TOKEN_ENTROPY,
             guarded_masked_mean(out["token_entropy"].detach(), mask),
             batch_size=batch_size,
         )
-        self.log(
-            "train/response_tokens", metrics["response_tokens"], on_step=True, batch_size=batch_size
-        )
+        self.log(RESPONSE_TOKENS, metrics["response_tokens"], on_step=True, batch_size=batch_size)
         self.log_throughput(int(batch["input_ids"].numel()))
         return loss

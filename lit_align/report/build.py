@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lit_align.metrics import (
+    GRAD_NORM,
+    LOSS,
+    REWARD,
+    ROLLOUT_ENTROPY,
+    ROLLOUT_LENGTH,
+    TOKEN_ENTROPY,
+)
 from lit_align.report.figures import (
     compare_figure,
     curves_figure,
@@ -39,12 +47,12 @@ Kind = Literal["curves", "compare", "scaling", "sft_vs_rl"]
 KINDS: tuple[str, ...] = ("curves", "compare", "scaling", "sft_vs_rl")
 COMPARE_DEFAULT = (
     ACCURACY,
-    "rollout/reward",
-    "train/loss",
-    "rollout/token_entropy_mean",
-    "train/token_entropy",
-    "rollout/response_length_mean",
-    "train/grad_norm",
+    REWARD,
+    LOSS,
+    ROLLOUT_ENTROPY,
+    TOKEN_ENTROPY,
+    ROLLOUT_LENGTH,
+    GRAD_NORM,
 )
 
 

@@ -11,6 +11,22 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from lit_align.metrics import (
+    CLIP_FRAC,
+    GRAD_NORM,
+    KL,
+    KL_TO_ROLLOUT,
+    LOSS,
+    LOSS_STEP,
+    PG_LOSS,
+    REWARD,
+    ROLLOUT_ACCURACY,
+    ROLLOUT_ENTROPY,
+    ROLLOUT_LENGTH,
+    TOKEN_ENTROPY,
+    VAL_ENTROPY,
+    VAL_LENGTH,
+)
 from lit_align.report.runs import ACCURACY, Run, Series
 
 __all__ = [
@@ -37,7 +53,7 @@ def _reward_tags(tags: Sequence[str]) -> list[str]:
         if t.startswith("rollout/")
         and (t.endswith("_reward") or t.removeprefix("rollout/") in _COMPONENTS)
     ]
-    return [t for t in ("rollout/reward",) if t in tags] + sorted(parts)
+    return [t for t in (REWARD,) if t in tags] + sorted(parts)
 
 
 def _fixed(*names: str) -> Callable[[Sequence[str]], list[str]]:
@@ -46,18 +62,18 @@ def _fixed(*names: str) -> Callable[[Sequence[str]], list[str]]:
 
 # The panels of a run's training curves: (title, y label, which tags it draws).
 PANELS: list[tuple[str, str, Callable[[Sequence[str]], list[str]]]] = [
-    ("Loss", "loss", _fixed("train/loss", "train/loss_step", "train/pg_loss")),
+    ("Loss", "loss", _fixed(LOSS, LOSS_STEP, PG_LOSS)),
     ("Reward", "mean reward", _reward_tags),
-    ("Accuracy", "accuracy", _fixed(ACCURACY, "rollout/accuracy")),
-    ("KL", "nats/token", _fixed("train/kl", "train/kl_to_rollout")),
+    ("Accuracy", "accuracy", _fixed(ACCURACY, ROLLOUT_ACCURACY)),
+    ("KL", "nats/token", _fixed(KL, KL_TO_ROLLOUT)),
     (
         "Entropy",
         "nats/token",
-        _fixed("train/token_entropy", "rollout/token_entropy_mean", "val/token_entropy"),
+        _fixed(TOKEN_ENTROPY, ROLLOUT_ENTROPY, VAL_ENTROPY),
     ),
-    ("Response length", "tokens", _fixed("rollout/response_length_mean", "val/response_length")),
-    ("Gradient norm", "L2 norm", _fixed("train/grad_norm")),
-    ("Clip fraction", "fraction", _fixed("train/clip_frac")),
+    ("Response length", "tokens", _fixed(ROLLOUT_LENGTH, VAL_LENGTH)),
+    ("Gradient norm", "L2 norm", _fixed(GRAD_NORM)),
+    ("Clip fraction", "fraction", _fixed(CLIP_FRAC)),
 ]
 
 # Panels that are flat at 0 in an on-policy run (one optimizer step per round: the policy is the
@@ -70,9 +86,9 @@ ZERO_ON_POLICY = {
 
 _LABELS = {
     ACCURACY: "validation accuracy",
-    "rollout/accuracy": "samples' accuracy",
-    "rollout/reward": "reward (total)",
-    "train/loss_step": "train/loss",
+    ROLLOUT_ACCURACY: "samples' accuracy",
+    REWARD: "reward (total)",
+    LOSS_STEP: LOSS,
 }
 
 

@@ -10,11 +10,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lit_align.metrics import VAL_ACCURACY
+
 __all__ = ["Run", "Series", "find_runs"]
 
 log = logging.getLogger(__name__)
 
-ACCURACY = "val/accuracy"
+ACCURACY = VAL_ACCURACY
 
 
 @dataclass

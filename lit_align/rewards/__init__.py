@@ -8,6 +8,7 @@
   deterministic rule over HTTP, for CPU demos).
 """
 
+from lit_align.rewards.equivalence import grade, grade_many
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
 from lit_align.rewards.formats import (
     question_only_reward_fn,
@@ -15,7 +16,6 @@ from lit_align.rewards.formats import (
     r1_zero_reward_fn,
     r1_zero_rewards,
 )
-from lit_align.rewards.grader import grade, grade_many
 from lit_align.rewards.judge import JudgeEvaluator, LocalJudge, OpenAIChatJudge, parse_scores
 from lit_align.rewards.local_judge import ModelJudge
 from lit_align.rewards.sandbox import GradingPool, get_pool

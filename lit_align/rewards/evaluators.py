@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lit_align.rewards import formats
-from lit_align.rewards.grader import GroundTruth, grade_many
+from lit_align.rewards.equivalence import GroundTruth, grade_many
 
 __all__ = ["GSM8kEvaluator", "MathEvaluator", "RewardEvaluator", "completion_text"]
 
@@ -52,6 +52,13 @@ class RewardEvaluator(ABC):
         self, prompts: Sequence[Any], completions: Sequence[str], answers: Sequence[Any]
     ) -> Tensor:
         """(N, F) float tensor of reward components, columns in ``component_names`` order."""
+
+    def set_group_size(self, group_size: int) -> None:
+        """Told by the DataModules that sample groups (GRPO, expert iteration) how many
+        consecutive completions share a prompt. Evaluators that compare a prompt's completions
+        with each other (the judge's ranking and within-group metrics) keep it; the rest ignore
+        it."""
+        return None
 
     def compute_rewards(
         self, prompts: Sequence[Any], completions: Sequence[Any], answers: Sequence[Any]

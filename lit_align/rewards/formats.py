@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from lit_align.rewards.grader import GroundTruth, grade_many
+from lit_align.rewards.equivalence import GroundTruth, grade_many
 from lit_align.rewards.normalize import last_boxed
 
 __all__ = [

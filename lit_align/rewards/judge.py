@@ -22,12 +22,12 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from lit_align.engines.base import SamplingConfig
+from lit_align.engines.openai_api import OpenAICompatibleEngine
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rewards.judge_parse import parse_scores, weighted_scores
 from lit_align.rewards.judge_rank import parse_ranking, rank_prompt, rank_schema, rank_scores
 from lit_align.rewards.story_checks import CHECKS
-from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.openai_api import OpenAICompatibleEngine
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ class LocalJudge:
 class OpenAIChatJudge:
     """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM ``serve``, llama.cpp, …).
 
-    A thin judge face of :class:`~lit_align.rollout.openai_api.OpenAICompatibleEngine`: one
+    A thin judge face of :class:`~lit_align.engines.openai_api.OpenAICompatibleEngine`: one
     reply per story, None for a request that failed after its retries (scored
     ``fallback_score`` and counted). A refused key, an unknown model or URL and redirects raise
-    :class:`~lit_align.rollout.openai_api.APIError` instead: they would fail every request.
+    :class:`~lit_align.engines.openai_api.APIError` instead: they would fail every request.
 
     Args:
         base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
@@ -187,7 +187,9 @@ class JudgeEvaluator(RewardEvaluator):
         fallback_score: given to every criterion of an unparseable reply or failed request (the
             event is counted in ``judge_unparseable``); the scale's middle by default, so a broken
             reply neither rewards nor punishes the sample much.
-        group_size: samples per prompt, for the within-group discrimination metrics.
+        group_size: samples per prompt (the GRPO group), for the within-group metrics and
+            ``ranked`` scoring; None: the rollout DataModule's ``group_size``
+            (:meth:`set_group_size`).
         structured: ask the endpoint for JSON following a schema of the criteria (integers from
             low to high; OpenAI's and vLLM's ``response_format``); replies are parsed either way.
         samples: judge each story this many times and average the parseable scores (a judge at
@@ -262,6 +264,10 @@ class JudgeEvaluator(RewardEvaluator):
         self.last_batch: dict[
             str, float
         ] = {}  # the last call: unparseable, failed, latency, tokens
+
+    def set_group_size(self, group_size: int) -> None:
+        if self.group_size is None:  # a value given explicitly wins
+            self.group_size = group_size
 
     def judge_prompt(self, opening_line: str, story: str) -> str:
         example = json.dumps({c: int(self.low + self.high) // 2 for c in self.criteria})

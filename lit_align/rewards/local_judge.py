@@ -44,8 +44,8 @@ class ModelJudge:
 
     def _text_engine(self) -> Any:
         if self._engine is None:
-            from lit_align.rollout.factory import EngineConfig, engine_for_model
-            from lit_align.rollout.text import LocalTextEngine
+            from lit_align.engines.factory import EngineConfig, engine_for_model
+            from lit_align.engines.text import LocalTextEngine
 
             config = EngineConfig(
                 backend=self.backend,
@@ -54,16 +54,14 @@ class ModelJudge:
                 enable_sleep_mode=False,
                 seed=self.seed,
             )
-            engine, tokenizer = engine_for_model(
-                self.model_name_or_path, config, dtype=self.dtype, progress=False
-            )
+            engine, tokenizer = engine_for_model(self.model_name_or_path, config, progress=False)
             self._engine = LocalTextEngine(engine, tokenizer)
         return self._engine
 
     def complete(
         self, prompts: Sequence[str], json_schema: dict[str, Any] | None = None
     ) -> list[str | None]:
-        from lit_align.rollout.base import SamplingConfig
+        from lit_align.engines.base import SamplingConfig
 
         sampling = SamplingConfig(
             n=1, temperature=self.temperature, max_new_tokens=self.max_new_tokens, stop=[],

@@ -3,10 +3,10 @@
 SmolLM2-135M-Instruct served by ``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1
 (CPU flags of tests/vllm_server.py). The same work three ways, one after the other:
 
-1. ``lit_align generate --backend openai`` (sample, grade, write the JSONL, progress file);
+1. ``lit_align generate --base_url URL`` (sample, grade, write the JSONL, progress file);
 2. the official ``openai`` Python client with the same concurrency (threads), same requests,
    sampling only: the peer for the HTTP side;
-3. ``lit_align generate --backend vllm``: the model in-process, no server.
+3. ``lit_align generate --engine.backend vllm``: the model in-process, no server.
 
 Work: the first 64 questions of a seeded GSM8K train subset, ``gsm8k_chat``, n=4, temperature 1.0,
 max_new_tokens 128, concurrency 8. Tokens are counted with the model's tokenizer for all three.
@@ -32,6 +32,7 @@ QUESTIONS, N, MAX_NEW, CONCURRENCY = 64, 4, 128, 8
 def _generate(backend: str, model: str, out: Path, **kw) -> tuple[float, list[str]]:
     import lit_align.generate as gen
     from lit_align.commands import run_generate
+    from lit_align.engines import EngineConfig, SamplingConfig
 
     texts: list[str] = []
     grade = gen.grade_completions
@@ -42,10 +43,12 @@ def _generate(backend: str, model: str, out: Path, **kw) -> tuple[float, list[st
 
     gen.grade_completions = seen
     start = time.perf_counter()
+    if backend != "openai":
+        kw["engine"] = EngineConfig(backend=backend, enable_sleep_mode=False, **kw.pop("engine"))
     run_generate(
-        str(DATA_FILE), str(out), model, backend=backend, template="gsm8k_chat", n=N,
-        temperature=1.0, max_new_tokens=MAX_NEW, limit=QUESTIONS, require_format=False,
-        max_per_question=N, dedupe=False, progress=False, **kw,
+        str(DATA_FILE), str(out), model, template="gsm8k_chat",
+        sampling=SamplingConfig(n=N, temperature=1.0, max_new_tokens=MAX_NEW), limit=QUESTIONS,
+        require_format=False, max_per_question=N, dedupe=False, progress=False, **kw,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     gen.grade_completions = grade
@@ -88,7 +91,7 @@ def main() -> None:
         with vllm_server(model, "smollm2", tmp_path / "server.log") as url:
             _peer(url, prompts[:8])  # warm-up
             runs = {
-                "lit_align generate --backend openai": _generate(
+                "lit_align generate --base_url (endpoint)": _generate(
                     "openai",
                     "smollm2",
                     tmp_path / "a.jsonl",
@@ -97,9 +100,9 @@ def main() -> None:
                 ),
                 "openai client, 8 threads (peer)": _peer(url, prompts),
             }
-        runs["lit_align generate --backend vllm"] = _generate(
-            "vllm", str(model), tmp_path / "b.jsonl", dtype="bfloat16",
-            kv_cache_memory_bytes=256 * 2**20, max_model_len=1024, enforce_eager=True,
+        runs["lit_align generate --engine.backend vllm"] = _generate(
+            "vllm", str(model), tmp_path / "b.jsonl", engine=dict(dtype="bfloat16",
+            kv_cache_memory_bytes=256 * 2**20, max_model_len=1024, enforce_eager=True),
         )  # fmt: skip
     for name, (seconds, texts) in runs.items():
         tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)

@@ -57,9 +57,9 @@ def _cases(golds: list[str]) -> tuple[list[str], list[str], list[str], list[bool
 
 
 def _ours(responses: list[str], truths: list[str]) -> tuple[list[bool], float]:
-    from lit_align.rewards import grader, r1_zero_rewards
+    from lit_align.rewards import equivalence, r1_zero_rewards
 
-    grader._VERDICTS.clear()  # time the work, not the cache
+    equivalence._VERDICTS.clear()  # time the work, not the cache
     start = time.perf_counter()
     verdicts = [r["reward"] == 1.0 for r in r1_zero_rewards(responses, truths)]
     return verdicts, time.perf_counter() - start

@@ -56,9 +56,10 @@ def grpo_ours(a: argparse.Namespace) -> dict:
     import torch
 
     from lit_align.data import RolloutDataModule
+    from lit_align.engines import EngineConfig, SamplingConfig
+    from lit_align.losses import LossConfig
     from lit_align.modules import GRPOModule
     from lit_align.rewards.evaluators import RewardEvaluator
-    from lit_align.rollout import EngineConfig, SamplingConfig
 
     class DigitFraction(RewardEvaluator):
         component_names, total_weights = ("digits",), (1.0,)
@@ -74,7 +75,10 @@ def grpo_ours(a: argparse.Namespace) -> dict:
 
     rows = a.prompts * a.group
     module = GRPOModule(
-        a.model, dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6), kl_coef=a.kl
+        a.model,
+        dtype="float32",
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
+        loss=LossConfig(kl_coef=a.kl),
     )
     dm = RolloutDataModule(
         train_source=str(DATA / "test.jsonl"),
@@ -203,7 +207,7 @@ def gen_pairs(a: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lit_align.rollout import HFEngine, SamplingConfig
+    from lit_align.engines import HFEngine, SamplingConfig
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.model)

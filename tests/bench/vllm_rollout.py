@@ -25,8 +25,8 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test
 def run_one(args: argparse.Namespace) -> dict:
     from lit_align.data.sources import load_examples
     from lit_align.data.templates import format_prompt
+    from lit_align.engines import EngineConfig, SamplingConfig, build_engine
     from lit_align.models import load_model_and_tokenizer, load_tokenizer
-    from lit_align.rollout import EngineConfig, SamplingConfig, build_engine
 
     examples = load_examples(str(args.data), limit=args.prompts, seed=0)
     if args.engine == "vllm":

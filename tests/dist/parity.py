@@ -21,10 +21,11 @@ import torch  # noqa: E402
 
 from lit_align.cli import close_process_group  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
+from lit_align.losses import LossConfig  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
-from lit_align.rollout import SamplingConfig  # noqa: E402
-from lit_align.rollout import EngineConfig, full_state_items  # noqa: E402
+from lit_align.engines import SamplingConfig  # noqa: E402
+from lit_align.engines import EngineConfig, full_state_items  # noqa: E402
 
 GLOBAL_MICRO_BATCHES = 4  # per optimizer step, over all ranks
 MICRO = 4
@@ -60,7 +61,7 @@ VLLM_ENGINE = EngineConfig(
 def build(task: str):
     if task in ("grpo", "grpo_vllm"):
         vllm = task == "grpo_vllm"
-        module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, loss_type="grpo_clip")
+        module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, loss=LossConfig("grpo_clip"))
         data = RolloutDataModule(
             train_source="synthetic:addition", template="demo", synthetic_size=64, group_size=4,
             rollout_batch_size=16, train_batch_size=16, micro_batch_size=MICRO, sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
@@ -104,7 +105,7 @@ def main() -> None:
     result = {"weights": state, "global_step": trainer.global_step}
     if args.task == "grpo":  # after the last round's sync the engine holds the final policy
         engine = trainer.datamodule.engine
-        from lit_align.rollout.weights import sync_weights
+        from lit_align.engines.weights import sync_weights
 
         sync_weights(engine, module.model, trainer.global_step)
         engine_state = engine.model.state_dict()
@@ -119,7 +120,7 @@ def main() -> None:
 def _vllm_gap(engine, module, state, step) -> float:
     from transformers import AutoModelForCausalLM
 
-    from lit_align.rollout import SamplingConfig, max_logprob_gap, sync_weights
+    from lit_align.engines import SamplingConfig, max_logprob_gap, sync_weights
 
     sync_weights(engine, module.model, step)
     plain = AutoModelForCausalLM.from_config(module.model.config, dtype=torch.float32)

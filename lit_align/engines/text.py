@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from lit_align.rollout.base import RolloutEngine, SamplingConfig
+from lit_align.engines.base import RolloutEngine, SamplingConfig
 
 __all__ = [
     "LocalTextEngine",

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from lit_align.rollout.base import Completion, RolloutEngine
+from lit_align.engines.base import Completion, RolloutEngine
 
 __all__ = ["full_state_items", "max_logprob_gap", "sync_weights"]
 

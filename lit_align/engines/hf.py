@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from lit_align.rollout.base import Completion, GenerationInterrupted, SamplingConfig, row_seed
+from lit_align.engines.base import Completion, GenerationInterrupted, SamplingConfig, row_seed
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lit_align.rollout.base import RolloutEngine
-from lit_align.rollout.weights import full_state_items
+from lit_align.engines.base import RolloutEngine
+from lit_align.engines.weights import full_state_items
 
 __all__ = ["EngineConfig", "build_engine", "engine_for_model"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     """Which rollout engine to run and how.
 
@@ -67,11 +67,11 @@ def build_engine(
     ``progress`` shows the engine's progress bar while it generates.
     """
     if config.backend == "hf":
-        from lit_align.rollout.hf import HFEngine
+        from lit_align.engines.hf import HFEngine
 
         return HFEngine.from_policy(model, tokenizer, config.max_batch_size, progress)
     if config.backend == "vllm":
-        from lit_align.rollout.vllm import VLLMEngine
+        from lit_align.engines.vllm import VLLMEngine
 
         path = str(model_name_or_path)
         if path.startswith("tiny"):
@@ -81,7 +81,7 @@ def build_engine(
 
 
 def engine_for_model(
-    model: str, config: EngineConfig, dtype: str = "auto", progress: bool = True
+    model: str, config: EngineConfig, progress: bool = True
 ) -> tuple[RolloutEngine, Any]:
     """An engine and its tokenizer for a model named on the command line (``lit_align eval``,
     ``lit_align generate``): vLLM loads the weights itself (only the tokenizer is loaded here);
@@ -89,8 +89,7 @@ def engine_for_model(
 
     Args:
         model: hub id, local directory or ``tiny:…``.
-        config: the engine's settings.
-        dtype: the HF model's dtype.
+        config: the engine's settings (``dtype`` is also the HF model's).
         progress: show the engine's progress bar.
     """
     import torch
@@ -101,7 +100,7 @@ def engine_for_model(
     if config.backend == "vllm" and not model.startswith("tiny"):
         tokenizer = load_tokenizer(model)
     else:
-        policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+        policy, tokenizer = load_model_and_tokenizer(model, dtype=config.dtype)
         if config.backend == "hf" and torch.cuda.is_available():
             policy = policy.cuda()
     return build_engine(config, policy, tokenizer, model, progress=progress), tokenizer

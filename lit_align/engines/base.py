@@ -35,7 +35,7 @@ def row_seed(seed: int, prompt: Sequence[int], sample: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     """How to sample completions.
 
@@ -144,7 +144,7 @@ def check_weight_version(engine: RolloutEngine, step: int, what: str = "a rollou
         raise StaleWeightsError(
             f"refusing to generate {what}: the rollout engine holds the weights of step {held} but "
             f"the policy is at step {step}, so the samples would come from a stale policy. Call "
-            "lit_align.rollout.sync_weights(engine, model, step) before generating (lit_align's "
+            "lit_align.engines.sync_weights(engine, model, step) before generating (lit_align's "
             "DataModules do it before every round), and make sure the engine's load_weights "
             "records the version it is given as its weight_version."
         )

@@ -10,7 +10,7 @@ would carry the API key to whatever origin it names).
 
 Failures are sorted by what retrying can do. Connection errors, timeouts, 408, 429 (``Retry-After``
 honoured) and 5xx, and malformed replies are retried with exponential backoff and jitter; a prompt
-that still fails becomes a :class:`~lit_align.rollout.text.RequestFailed`. A refused key (401/403),
+that still fails becomes a :class:`~lit_align.engines.text.RequestFailed`. A refused key (401/403),
 an unknown model or URL (404) and redirects would fail every request alike: they raise
 :class:`APIError` at once, with the fix. The key is read from its environment variable for each
 request and never stored, logged or saved.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from lit_align.rollout.base import SamplingConfig
-from lit_align.rollout.text import RequestFailed, TextPrompt, TextResult, TextSample
+from lit_align.engines.base import SamplingConfig
+from lit_align.engines.text import RequestFailed, TextPrompt, TextResult, TextSample
 
 __all__ = ["APIError", "OpenAICompatibleEngine"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lit_align.rollout.base import Completion, SamplingConfig, row_seed
+from lit_align.engines.base import Completion, SamplingConfig, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def llm_kwargs(
     device_type: str = "cuda",
     sleep_available: bool | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.rollout.factory.EngineConfig`.
+    """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.engines.factory.EngineConfig`.
 
     ``device_type`` is vLLM's platform (``cuda``, ``cpu``…) and ``sleep_available`` whether it
     supports sleep mode (default: not on CPU); on CPU the KV cache is fixed unless configured.
