@@ -91,7 +91,7 @@ class ProgressLog(L.Callback):
     def _val_field(self) -> str:
         if self._val is None:
             return ""
-        field, self._val = f"val/accuracy {self._val:.3f}", None
+        field, self._val = f"{VAL_ACCURACY} {self._val:.3f}", None
         return field
 
     # ------------------------------------------------------------------ hooks

@@ -129,18 +129,10 @@ def compute_grpo_clip_loss(
     )
 
 
-def compute_policy_gradient_loss(
-    policy_log_probs: Tensor,
-    loss_type: LossType,
-    raw_rewards: Tensor | None = None,
-    advantages: Tensor | None = None,
-    old_log_probs: Tensor | None = None,
-    cliprange: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The CS336 assignment API's dispatch over the per-token loss types; returns ((B, T) loss, metadata)."""
-    return compute_per_token_policy_loss(
-        policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs, cliprange
-    )
+# The CS336 assignment's dispatch over the per-token loss types, with its signature (policy
+# log-probs, loss type, raw rewards, advantages, old log-probs, cliprange) as the first six
+# parameters of lit_align's: the same function under the assignment's name.
+compute_policy_gradient_loss = compute_per_token_policy_loss
 
 
 def sft_microbatch_train_step(

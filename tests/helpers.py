@@ -1,8 +1,9 @@
-"""Helpers shared by the test files: a quiet CPU trainer and a reward that varies for untrained
-tiny models."""
+"""Helpers shared by the test files: a quiet CPU trainer, a reward that varies for untrained tiny
+models, a small rollout DataModule, and a demo run read back from its event files."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,9 @@ import torch
 
 from lit_align.rewards import RewardEvaluator
 
-__all__ = ["DistinctCharacters", "cpu_trainer"]
+__all__ = ["DistinctCharacters", "cpu_trainer", "fit_demo", "scalars", "tiny_rollout_data"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A CPU trainer that writes nothing and validates only when a test asks: no logger, checkpoints,
 # progress bar, model summary or sanity pass; one epoch is one round (reloaded dataloaders).
@@ -41,3 +44,43 @@ class DistinctCharacters(RewardEvaluator):
 
     def score(self, prompts, completions, answers):
         return torch.tensor([[len(set(c)) / 10.0] for c in completions])
+
+
+def tiny_rollout_data(**kw: Any) -> Any:
+    """A RolloutDataModule on the synthetic addition task: 4 prompts × 4 samples per round, short
+    completions, a reward that varies; keyword arguments override."""
+    from lit_align.data import RolloutDataModule
+    from lit_align.engines import SamplingConfig
+
+    defaults: dict[str, Any] = dict(
+        train_source="synthetic:addition",
+        template="demo",
+        synthetic_size=64,
+        group_size=4,
+        rollout_batch_size=16,
+        train_batch_size=16,
+        micro_batch_size=4,
+        sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
+        evaluator=DistinctCharacters(),
+    )
+    return RolloutDataModule(**{**defaults, **kw})
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every TensorBoard scalar of a run directory, tag → values in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def fit_demo(name: str, *configs: str) -> tuple[Path, dict[str, list[float]]]:
+    """``lit_align fit`` of the demo configs (paths under the repository) in the working
+    directory, as the README runs it; the run directory ``runs/NAME/version_*`` and its scalars."""
+    from lit_align.cli import main
+
+    args = [arg for config in configs for arg in ("--config", str(ROOT / config))]
+    main(["fit", *args, "--trainer.enable_progress_bar", "false"])
+    (run,) = (Path.cwd() / "runs" / name).glob("version_*")
+    return run, scalars(run)

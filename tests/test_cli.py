@@ -11,6 +11,7 @@ import yaml
 
 from lit_align.cli import main
 from tests.figures import figure
+from tests.helpers import fit_demo, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted([*(ROOT / "configs" / "sweeps").glob("*.yaml"), ROOT / "configs/demo/sweep.yaml"])
@@ -24,14 +25,6 @@ def _config_args(config: Path) -> list[str]:
         base = ROOT / first.removeprefix("# overlay on: ").strip()
         return ["--config", str(base), "--config", str(config)]
     return ["--config", str(config)]
-
-
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +48,10 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def test_demo_sft_learns_and_exports(demo_run):
-    scalars = _scalars(demo_run)
-    loss = scalars["train/loss"]
+    logged = scalars(demo_run)
+    loss = logged["train/loss"]
     assert loss[-1] <= 0.7 * loss[0], f"loss fell from {loss[0]:.3f} to {loss[-1]:.3f}"
-    acc = scalars["val/accuracy"]
+    acc = logged["val/accuracy"]
     assert acc[-1] >= acc[0] + 0.3, acc
     # The README's figures (2 CPU cores; AVX-512: loss 5.34 → 0.044, AVX2: → 0.046), accuracy 0 → 1.
     assert abs(loss[0] - 5.34) <= 0.05 and loss[-1] <= 0.1, loss
@@ -70,7 +63,7 @@ def test_demo_sft_learns_and_exports(demo_run):
         "train/tokens_per_s",
         "val/format_rate",
     ):
-        assert tag in scalars, tag
+        assert tag in logged, tag
     assert (demo_run / "config.yaml").exists()
     assert (demo_run / "hf_model" / "config.json").exists() and (
         demo_run / "hf_model" / "tokenizer.json"
@@ -192,17 +185,7 @@ def test_console_script_prints_no_argv_warning(tmp_path):
 def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
     """The README's GRPO demo, from a clean directory: warm start, then 30 rounds (~2 min)."""
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/demo/grpo.yaml"),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
-    (run,) = (tmp_path / "runs" / "demo_grpo").glob("version_*")
-    scalars = _scalars(run)
+    run, scalars = fit_demo("demo_grpo", "configs/demo/grpo.yaml")
     acc = scalars["val/accuracy"]
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
     assert abs(acc[-1] - figure("grpo_demo_final_val_accuracy")) <= 0.05, acc  # the README's

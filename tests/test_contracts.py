@@ -18,13 +18,13 @@ from lit_align.contracts import (
     round_data,
     task_data,
 )
-from lit_align.data import RolloutDataModule, SFTDataModule
+from lit_align.data import SFTDataModule
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.engines import EngineConfig, SamplingConfig, build_engine, sync_weights
 from lit_align.models import build_tiny_model, build_tiny_tokenizer
 from lit_align.modules import GRPOModule
 from lit_align.rounds import Rollout
-from tests.helpers import DistinctCharacters, cpu_trainer
+from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
 
 
 class HandMadeRounds(L.LightningDataModule):
@@ -119,17 +119,7 @@ def test_a_third_party_datamodule_trains_grpo_through_the_protocol():
 def test_a_third_party_module_trains_on_the_rollout_datamodule():
     module = TinyPolicy()
     assert isinstance(module, PolicySource)
-    data = RolloutDataModule(
-        train_source="synthetic:addition",
-        template="demo",
-        synthetic_size=16,
-        group_size=4,
-        rollout_batch_size=8,
-        train_batch_size=8,
-        micro_batch_size=4,
-        sampling=SamplingConfig(max_new_tokens=6, min_new_tokens=1),
-        evaluator=DistinctCharacters(),
-    )
+    data = tiny_rollout_data(synthetic_size=16, rollout_batch_size=8, train_batch_size=8)
     trainer = cpu_trainer(max_epochs=2)
     trainer.fit(module, data)
     assert trainer.global_step == 2 and len(module.losses) == 4

@@ -9,14 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-from lit_align.cli import main
 from lit_align.data import ExpertIterationDataModule
 from lit_align.engines import SamplingConfig
 from lit_align.modules import SFTModule
 from lit_align.rewards import RewardEvaluator
 from tests.figures import figure
-from tests.helpers import cpu_trainer
-from tests.test_cli import _scalars
+from tests.helpers import cpu_trainer, fit_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,17 +127,7 @@ def test_resumed_run_is_bitwise_identical(tmp_path):
 def test_demo_expert_iteration_raises_validation_accuracy(tmp_path, monkeypatch):
     """The README's EI demo from a clean directory: the GRPO demo's warm start, then 10 steps."""
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/demo/expert_iteration.yaml"),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
-    (run,) = (tmp_path / "runs" / "demo_expert_iteration").glob("version_*")
-    scalars = _scalars(run)
+    _, scalars = fit_demo("demo_expert_iteration", "configs/demo/expert_iteration.yaml")
     acc = scalars["val/accuracy"]
     assert acc[-1] - acc[0] >= 0.2, acc
     assert abs(acc[-1] - figure("ei_demo_final_val_accuracy")) <= 0.05, acc  # the README's

@@ -7,32 +7,20 @@ import lightning as L
 import pytest
 import torch
 
-from lit_align.data import RolloutDataModule
 from lit_align.engines import SamplingConfig, StaleWeightsError
 from lit_align.engines.hf import HFEngine
 from lit_align.losses import LOSS_FIELDS, LossConfig
 from lit_align.modules import GRPOModule
 from lit_align.rewards import RewardEvaluator
 from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig
-from tests.helpers import DistinctCharacters, cpu_trainer
+from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
 
 
 def _dm(**kw):
-    defaults = dict(
-        train_source="synthetic:addition",
-        template="demo",
-        synthetic_size=64,
-        group_size=4,
-        rollout_batch_size=16,
-        train_batch_size=16,
-        micro_batch_size=4,
-        sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
-        evaluator=DistinctCharacters(),
-    )
     advantages = {k: kw.pop(k) for k in list(kw) if k in ADVANTAGE_FIELDS}
     if advantages:
         kw["advantages"] = AdvantageConfig(**advantages)
-    return RolloutDataModule(**{**defaults, **kw})
+    return tiny_rollout_data(**kw)
 
 
 def _trainer(callbacks=(), **kw):

@@ -10,38 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from lit_align.cli import main
 from tests.figures import figure
+from tests.helpers import fit_demo
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base, overlay = ROOT / "configs/demo/grpo.yaml", ROOT / "configs/demo/overlays/vllm.yaml"
-    main(
-        [
-            "fit",
-            "--config",
-            str(base),
-            "--config",
-            str(overlay),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
+    run, scalars = fit_demo(
+        "demo_grpo_vllm", "configs/demo/grpo.yaml", "configs/demo/overlays/vllm.yaml"
     )
-    (run,) = (tmp_path / "runs" / "demo_grpo_vllm").glob("version_*")
-    scalars = _scalars(run)
     acc = scalars["val/accuracy"]
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
     assert abs(acc[-1] - figure("grpo_demo_vllm_final_val_accuracy")) <= 0.05, acc  # the README's

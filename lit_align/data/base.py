@@ -25,7 +25,7 @@ from lit_align.engines.weights import sync_weights
 from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
 
-__all__ = ["PromptDataset", "TaskDataModule", "default_evaluator"]
+__all__ = ["PromptDataset", "TaskDataModule", "check_counts", "default_evaluator"]
 
 
 class PromptDataset(Dataset):
@@ -59,6 +59,13 @@ def seeded_stream(items: list[Any], per_step: int, step: int, seed: int) -> list
         random.Random(seed + pass_index).shuffle(order)
         chosen.extend(items[i] for i in order[offset : offset + per_step - len(chosen)])
     return chosen
+
+
+def check_counts(owner: str, **counts: int | None) -> None:
+    """Raise ValueError naming the first count below 1 (None means unset and passes)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
 def default_evaluator(template: str) -> RewardEvaluator:
@@ -117,8 +124,7 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if val_batch_size < 1:
-            raise ValueError(f"val_batch_size must be >= 1, got {val_batch_size}")
+        check_counts(type(self).__name__, val_batch_size=val_batch_size)
         if template not in TEMPLATE_NAMES:
             raise ValueError(
                 f"unknown template {template!r}; accepted values: {', '.join(TEMPLATE_NAMES)}"

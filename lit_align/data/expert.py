@@ -19,7 +19,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lit_align.data.base import seeded_stream
+from lit_align.data.base import check_counts, seeded_stream
 from lit_align.data.sft import SFTDataModule
 from lit_align.data.sources import Example
 from lit_align.data.templates import end_of_response
@@ -64,13 +64,12 @@ class ExpertIterationDataModule(SFTDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(train_source, **kwargs)
-        for name, value in (
-            ("questions_per_step", questions_per_step),
-            ("group_size", group_size),
-            ("epochs_per_step", epochs_per_step),
-        ):
-            if value < 1:
-                raise ValueError(f"ExpertIterationDataModule: {name} must be >= 1, got {value}")
+        check_counts(
+            "ExpertIterationDataModule",
+            questions_per_step=questions_per_step,
+            group_size=group_size,
+            epochs_per_step=epochs_per_step,
+        )
         self.questions_per_step = questions_per_step
         self.group_size = group_size
         self.evaluator.set_group_size(group_size)

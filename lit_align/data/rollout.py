@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from lit_align.data.base import TaskDataModule, seeded_stream
+from lit_align.data.base import TaskDataModule, check_counts, seeded_stream
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.data.sources import Example
 from lit_align.engines.base import GenerationInterrupted, RolloutEngine, SamplingConfig
@@ -118,15 +118,14 @@ class RolloutDataModule(TaskDataModule):
         def fail(message: str) -> None:
             raise ValueError(f"RolloutDataModule: {message}")
 
-        for name in (
-            "group_size",
-            "rollout_batch_size",
-            "train_batch_size",
-            "micro_batch_size",
-            "epochs_per_rollout_batch",
-        ):
-            if getattr(self, name) < 1:
-                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(
+            "RolloutDataModule",
+            group_size=self.group_size,
+            rollout_batch_size=self.rollout_batch_size,
+            train_batch_size=self.train_batch_size,
+            micro_batch_size=self.micro_batch_size,
+            epochs_per_rollout_batch=self.epochs_per_rollout_batch,
+        )
         G, R, T, M, W = (
             self.group_size,
             self.rollout_batch_size,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_align.data.base import TaskDataModule
+from lit_align.data.base import TaskDataModule, check_counts
 from lit_align.data.sources import filter_correct, reference_to_sft
 from lit_align.data.templates import end_of_response
 from lit_align.ops import tokenize_prompt_and_output
@@ -213,8 +213,9 @@ class SFTDataModule(TaskDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        check_counts(
+            "SFTDataModule", micro_batch_size=micro_batch_size, length_bucket=length_bucket
+        )
         if batch_size is not None and batch_size % micro_batch_size:
             raise ValueError(
                 f"batch_size ({batch_size}) must be divisible by micro_batch_size ({micro_batch_size})"
@@ -229,8 +230,6 @@ class SFTDataModule(TaskDataModule):
         self.batch_size = batch_size
         self.end_with_eos = end_with_eos
         self.max_length = max_length
-        if length_bucket is not None and length_bucket < 1:
-            raise ValueError(f"length_bucket must be >= 1 or None, got {length_bucket}")
         self.length_bucket = length_bucket
         self.synthetic_size = synthetic_size
         self._train: tuple[list[str], list[str], list[int], list[int]] | None = None

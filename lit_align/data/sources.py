@@ -227,25 +227,24 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
 # ----------------------------------------------------------------------------- synthetic tasks
 
 
+def _demo_example(task: str, question: str, reasoning: str, answer: int) -> Example:
+    """A synthetic row with a demonstration in the demo template's format."""
+    return Example(
+        question=question,
+        answer=str(answer),
+        response=f" {reasoning} </think> <answer> {answer} </answer>",
+        metadata={"task": task},
+    )
+
+
 def _addition(rng: random.Random, max_operand: int) -> Example:
     a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-    total = a + b
-    return Example(
-        question=f"What is {a} + {b}?",
-        answer=str(total),
-        response=f" {a} + {b} = {total} </think> <answer> {total} </answer>",
-        metadata={"task": "addition"},
-    )
+    return _demo_example("addition", f"What is {a} + {b}?", f"{a} + {b} = {a + b}", a + b)
 
 
 def _copy(rng: random.Random, max_operand: int) -> Example:
     n = rng.randint(0, max_operand)
-    return Example(
-        question=f"Repeat the number {n}.",
-        answer=str(n),
-        response=f" the number is {n} </think> <answer> {n} </answer>",
-        metadata={"task": "copy"},
-    )
+    return _demo_example("copy", f"Repeat the number {n}.", f"the number is {n}", n)
 
 
 def _addition_noisy(rng: random.Random, max_operand: int) -> Example:

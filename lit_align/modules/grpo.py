@@ -18,7 +18,7 @@ from torch import nn
 
 from lit_align.contracts import RoundBuffer, round_data
 from lit_align.losses import LOSS_FIELDS, LossConfig, kl_penalty, policy_loss
-from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT, LOSS, TOKEN_ENTROPY
+from lit_align.metrics import ENGINE_MISMATCH, KL_TO_ROLLOUT, LOSS, TOKEN_ENTROPY, TRAIN
 from lit_align.modules.base import PolicyModule
 from lit_align.ops import CausalLMLogProbs, guarded_masked_mean
 
@@ -166,7 +166,7 @@ class GRPOModule(PolicyModule):
         size = mask.shape[0]
         self.log(LOSS, loss, on_step=True, prog_bar=True, batch_size=size)
         for name, value in metrics.items():
-            self.log(f"train/{name}", value, on_step=True, batch_size=size)
+            self.log(f"{TRAIN}/{name}", value, on_step=True, batch_size=size)
         self.log(
             TOKEN_ENTROPY,
             guarded_masked_mean(out["token_entropy"].detach(), completion),

@@ -196,19 +196,9 @@ def scaling_figure(points: Sequence[tuple[Run, int, float]]) -> Figure:
         left.annotate(
             run.name, (params, acc), textcoords="offset points", xytext=(4, 4), fontsize=7
         )
-    left.set_xscale("log")
-    left.set_xlabel("parameters (log scale)")
-    left.set_ylabel("final validation accuracy")
-    left.set_title("Final accuracy vs model size")
-    left.grid(alpha=0.3, which="both")
-    for i, (run, params, _) in enumerate(points):
-        series = run.scalars[ACCURACY]
-        right.plot(series.steps, series.values, label=f"{run.name} ({_short(params)})", **_style(i))
-    right.set_xlabel("optimizer step")
-    right.set_ylabel("validation accuracy")
-    right.set_title("Accuracy vs step, per size")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=7)
+    _log_x_axes(left, "parameters (log scale)", "Final accuracy vs model size")
+    labelled = [(run, f"{run.name} ({_short(params)})") for run, params, _ in points]
+    _accuracy_by_step(right, labelled, 0, "optimizer step", "Accuracy vs step, per size")
     return fig
 
 
@@ -226,25 +216,39 @@ def sft_vs_rl_figure(
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     left.plot([n for _, n, _ in sft], [a for _, _, a in sft], **{**_style(0), "markersize": 6})
-    left.set_xscale("log")
-    left.set_xlabel("SFT training examples (log scale)")
-    left.set_ylabel("final validation accuracy")
-    left.set_title("SFT: accuracy vs examples")
-    left.grid(alpha=0.3, which="both")
-    for i, run in enumerate(rl):
-        series = run.scalars[ACCURACY]
-        right.plot(series.steps, series.values, label=run.name, **_style(i + 1))
+    _log_x_axes(left, "SFT training examples (log scale)", "SFT: accuracy vs examples")
+    _accuracy_by_step(
+        right, [(run, run.name) for run in rl], 1, "GRPO optimizer step", "RL: accuracy vs step"
+    )
     for (_, n, acc), step in zip(sft, matches, strict=True):
         right.axhline(acc, color="0.5", linestyle=":", linewidth=1)
         text = f"SFT {n} ex." + (f" = step {step:.0f}" if step is not None else " (not reached)")
         right.annotate(text, (0, acc), xycoords=("axes fraction", "data"), fontsize=7,
                        xytext=(2, 2), textcoords="offset points")  # fmt: skip
-    right.set_xlabel("GRPO optimizer step")
-    right.set_ylabel("validation accuracy")
-    right.set_title("RL: accuracy vs step")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=7)
     return fig
+
+
+def _log_x_axes(ax: Any, xlabel: str, title: str) -> None:
+    """Final accuracy against a log-scaled x (parameters, examples)."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _accuracy_by_step(
+    ax: Any, runs: Sequence[tuple[Run, str]], first_style: int, xlabel: str, title: str
+) -> None:
+    """Each run's validation accuracy against the optimizer step, labelled."""
+    for i, (run, label) in enumerate(runs):
+        series = run.scalars[ACCURACY]
+        ax.plot(series.steps, series.values, label=label, **_style(first_style + i))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _short(params: int) -> str:
