@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 
 from lit_align.engines.weights import full_state_items
+from lit_align.lora import adapter_state, is_lora, merged_items, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -17,24 +18,39 @@ __all__ = ["HFExport"]
 class HFExport(L.Callback):
     """``save_pretrained`` of the model and tokenizer when fit ends, loadable by transformers and vLLM.
 
+    A LoRA policy is written as its peft adapter folder (``adapter_config.json`` naming the base,
+    ``adapter_model.safetensors``, the tokenizer), which peft, vLLM's ``LoRARequest`` and
+    ``lit_align eval --model DIR`` load; with ``merged`` also as a whole model with the adapter
+    merged in (``DIRNAME_merged``).
+
     Args:
         dirname: folder name inside the run's log directory, or, with ``in_log_dir: false``, a
             path of its own (relative to the working directory).
         in_log_dir: place ``dirname`` inside the run's log directory.
         safe_serialization: write safetensors.
+        merged: LoRA only: also write the merged model.
     """
 
     def __init__(
-        self, dirname: str = "hf_model", in_log_dir: bool = True, safe_serialization: bool = True
+        self,
+        dirname: str = "hf_model",
+        in_log_dir: bool = True,
+        safe_serialization: bool = True,
+        merged: bool = False,
     ) -> None:
         self.dirname = dirname
         self.in_log_dir = in_log_dir
         self.safe_serialization = safe_serialization
+        self.merged = merged
         self.path: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         root = Path(trainer.log_dir or trainer.default_root_dir)
         path = root / self.dirname if self.in_log_dir else Path(self.dirname)
+        self.path = path
+        if is_lora(pl_module.model):
+            self._export_lora(trainer, pl_module, path)
+            return
         state = dict(full_state_items(pl_module.model))  # every rank joins a sharded gather
         if trainer.is_global_zero:
             path.mkdir(parents=True, exist_ok=True)
@@ -43,4 +59,21 @@ class HFExport(L.Callback):
             )
             pl_module.tokenizer.save_pretrained(path)
             log.info("saved the Hugging Face model to %s", path)
-        self.path = path
+
+    def _export_lora(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> None:
+        model = pl_module.model
+        state = adapter_state(model)  # every rank joins a sharded gather
+        merged = dict(merged_items(model)) if self.merged else None
+        if not trainer.is_global_zero:
+            return
+        config = model.peft_config[model.active_adapter]
+        save_adapter(path, config, state, base=str(pl_module.model_name_or_path))
+        pl_module.tokenizer.save_pretrained(path)
+        log.info("saved the LoRA adapter to %s", path)
+        if merged is not None:
+            whole = path.with_name(path.name + "_merged")
+            model.get_base_model().save_pretrained(
+                whole, state_dict=merged, safe_serialization=self.safe_serialization
+            )
+            pl_module.tokenizer.save_pretrained(whole)
+            log.info("saved the merged Hugging Face model to %s", whole)

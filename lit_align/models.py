@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import torch
 
+from lit_align.lora import is_adapter_folder
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -94,6 +96,35 @@ def check_model_source(name_or_path: str | Path) -> None:
     )
 
 
+def _load_adapter_folder(
+    folder: str,
+    dtype: Any,
+    attn_implementation: AttnImpl,
+    gradient_checkpointing: bool,
+    trust_remote_code: bool,
+    device: Any,
+    padding_side: Literal["left", "right"],
+) -> tuple[Any, Any]:
+    """A LoRA adapter folder (``HFExport`` of a LoRA run): its base model, named in
+    ``adapter_config.json``, with the adapter merged in; the folder's tokenizer."""
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.loads((Path(folder) / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    if not base_name:
+        raise ValueError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    base, tokenizer = load_model_and_tokenizer(
+        base_name, dtype, attn_implementation, False, trust_remote_code, None, padding_side
+    )
+    if (Path(folder) / "tokenizer_config.json").exists():
+        tokenizer = load_tokenizer(folder, trust_remote_code, padding_side)
+    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    return _finish(model, gradient_checkpointing, device), tokenizer
+
+
 def load_model_and_tokenizer(
     name_or_path: str | Path,
     dtype: str | torch.dtype = "auto",
@@ -106,7 +137,8 @@ def load_model_and_tokenizer(
     """Load a causal LM and its tokenizer from the Hugging Face hub or a local directory.
 
     Args:
-        name_or_path: hub id (``Qwen/Qwen2.5-Math-1.5B``), local directory, or ``tiny:…`` for a
+        name_or_path: hub id (``Qwen/Qwen2.5-Math-1.5B``), local directory (a LoRA adapter
+            folder: its base with the adapter merged in), or ``tiny:…`` for a
             tiny model built in code (``tiny:hidden_size=128,num_layers=4``; see
             :func:`build_tiny_model`).
         dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16``, ``float32`` or a torch dtype.
@@ -131,6 +163,11 @@ def load_model_and_tokenizer(
         return _finish(model, gradient_checkpointing, device), tokenizer
 
     check_model_source(name)
+    if is_adapter_folder(name):
+        return _load_adapter_folder(
+            name, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, device,
+            padding_side,
+        )  # fmt: skip
     tokenizer = load_tokenizer(name_or_path, trust_remote_code, padding_side)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path),

@@ -118,7 +118,10 @@ def masked_normalize(
 
 
 def _split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Return (decoder body producing final hidden states, LM head) of a HF causal LM."""
+    """Return (decoder body producing final hidden states, LM head) of a HF causal LM (a peft
+    model: of the causal LM it wraps, adapters included)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     prefix = getattr(model, "base_model_prefix", "model")
     body = getattr(model, prefix, None)

@@ -32,6 +32,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One working directory for the demo tests of a session: the GRPO demo's warm start
+    (``runs/demo_grpo_init``, deterministic) is made by the first demo that needs it and reused
+    by the others (GRPO, LoRA, expert iteration), as it is when a user runs them one after the
+    other; each demo writes its own ``runs/NAME``."""
+    return tmp_path_factory.mktemp("demos")
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from lit_align.models import build_tiny_tokenizer
 

@@ -27,6 +27,8 @@ FIGURES: dict[str, dict[str, float]] = {
     "AVX512": {
         "grpo_demo_final_val_accuracy": 0.676,
         "grpo_demo_vllm_final_val_accuracy": 0.605,
+        "grpo_lora_demo_final_val_accuracy": 0.598,
+        "grpo_lora_demo_vllm_final_val_accuracy": 0.637,
         "ei_demo_final_val_accuracy": 0.430,
         "sweep_demo_small_final": 0.344,
         "sweep_demo_large_final": 0.410,

@@ -76,11 +76,16 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 def fit_demo(name: str, *configs: str) -> tuple[Path, dict[str, list[float]]]:
-    """``lit_align fit`` of the demo configs (paths under the repository) in the working
-    directory, as the README runs it; the run directory ``runs/NAME/version_*`` and its scalars."""
+    """``lit_align fit`` of the demo configs (paths under the repository; an item starting with
+    ``--`` is passed as a flag) in the working directory, as the README runs it; the run
+    directory ``runs/NAME/version_*`` and its scalars."""
     from lit_align.cli import main
 
-    args = [arg for config in configs for arg in ("--config", str(ROOT / config))]
+    args = [
+        arg
+        for config in configs
+        for arg in ((config,) if config.startswith("--") else ("--config", str(ROOT / config)))
+    ]
     main(["fit", *args, "--trainer.enable_progress_bar", "false"])
     (run,) = (Path.cwd() / "runs" / name).glob("version_*")
     return run, scalars(run)

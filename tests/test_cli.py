@@ -182,9 +182,9 @@ def test_console_script_prints_no_argv_warning(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_grpo_raises_validation_accuracy_by_02(tmp_path, monkeypatch):
-    """The README's GRPO demo, from a clean directory: warm start, then 30 rounds (~2 min)."""
-    monkeypatch.chdir(tmp_path)
+def test_demo_grpo_raises_validation_accuracy_by_02(demo_dir, tmp_path, monkeypatch):
+    """The README's GRPO demo: its warm start (shared by the demo tests), then 30 rounds (~2 min)."""
+    monkeypatch.chdir(demo_dir)
     run, scalars = fit_demo("demo_grpo", "configs/demo/grpo.yaml")
     acc = scalars["val/accuracy"]
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc

@@ -124,9 +124,9 @@ def test_resumed_run_is_bitwise_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_expert_iteration_raises_validation_accuracy(tmp_path, monkeypatch):
-    """The README's EI demo from a clean directory: the GRPO demo's warm start, then 10 steps."""
-    monkeypatch.chdir(tmp_path)
+def test_demo_expert_iteration_raises_validation_accuracy(demo_dir, monkeypatch):
+    """The README's EI demo: the GRPO demo's warm start (shared by the demo tests), then 10 steps."""
+    monkeypatch.chdir(demo_dir)
     _, scalars = fit_demo("demo_expert_iteration", "configs/demo/expert_iteration.yaml")
     acc = scalars["val/accuracy"]
     assert acc[-1] - acc[0] >= 0.2, acc

@@ -9,6 +9,7 @@ import torch
 
 from lit_align.engines import SamplingConfig, StaleWeightsError
 from lit_align.engines.hf import HFEngine
+from lit_align.lora import LoRAConfig
 from lit_align.losses import LOSS_FIELDS, LossConfig
 from lit_align.modules import GRPOModule
 from lit_align.rewards import RewardEvaluator
@@ -265,13 +266,22 @@ def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path
     assert "train/kl_to_rollout" in acc.Tags()["scalars"]
 
 
-def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"lora": LoRAConfig(rank=4, alpha=8.0), "kl_coef": 0.05}],
+    ids=["full", "lora_with_kl"],
+)
+def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, extra):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def data():
         return _dm(train_batch_size=8, micro_batch_size=2, epochs_per_rollout_batch=2)
 
-    full_record, full = Record(), _module(loss_type="grpo_clip", cliprange=0.2)
+    def module():
+        torch.manual_seed(0)  # the same initial adapters in every run
+        return _module(loss_type="grpo_clip", cliprange=0.2, **extra)
+
+    full_record, full = Record(), module()
     full_dm = data()
     _trainer([full_record], max_epochs=4).fit(full, full_dm)
 
@@ -280,10 +290,10 @@ def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tm
         dirpath=tmp_path, save_last=True, every_n_epochs=1, save_on_train_epoch_end=True
     )
     first = _trainer([every_round], max_epochs=2, enable_checkpointing=True)
-    first.fit(_module(loss_type="grpo_clip", cliprange=0.2), data())
+    first.fit(module(), data())
     assert (tmp_path / "last.ckpt").exists()
 
-    record, resumed = Record(), _module(loss_type="grpo_clip", cliprange=0.2)
+    record, resumed = Record(), module()
     resumed_dm = data()
     generated = []
     original = resumed_dm.generate_round

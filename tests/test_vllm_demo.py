@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(demo_dir, monkeypatch):
+    monkeypatch.chdir(demo_dir)
     run, scalars = fit_demo(
         "demo_grpo_vllm", "configs/demo/grpo.yaml", "configs/demo/overlays/vllm.yaml"
     )
@@ -32,3 +32,21 @@ def test_demo_grpo_on_vllm_learns_with_the_engine_in_step(tmp_path, monkeypatch)
     # The DataModule logs every sync: one per optimizer step (validations reuse the same weights).
     assert len(scalars["time/weight_sync_s"]) >= 24
     assert (run / "hf_model" / "config.json").exists()
+
+
+def test_demo_grpo_with_lora_on_vllm_serves_each_rounds_adapter(demo_dir, monkeypatch):
+    """The LoRA demo on vLLM: the base loaded once, a new adapter version every round."""
+    monkeypatch.chdir(demo_dir)
+    run, scalars = fit_demo(
+        "demo_grpo_lora_vllm",
+        "configs/demo/grpo.yaml",
+        "configs/demo/overlays/vllm.yaml",
+        "configs/demo/overlays/lora.yaml",
+        "--trainer.logger.init_args.name=demo_grpo_lora_vllm",
+    )
+    acc = scalars["val/accuracy"]
+    assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
+    assert abs(acc[-1] - figure("grpo_lora_demo_vllm_final_val_accuracy")) <= 0.05, acc
+    # The adapter vLLM served is the policy being trained, every round.
+    assert max(scalars["train/engine_logprob_mismatch"]) <= 1e-4
+    assert (run / "hf_model" / "adapter_config.json").exists()

@@ -111,6 +111,11 @@ class RolloutEngine(Protocol):
     An engine knows which weights it holds: :meth:`load_weights` records the policy's optimizer
     step as :attr:`weight_version`, and callers compare it with the trainer's step before they
     generate, so rollouts from stale weights fail loudly instead of silently flattening the reward.
+
+    For a LoRA policy an engine may declare ``adapter_sync`` (``adapter``: it serves adapters and
+    has ``load_adapter(state, peft_config, version)``; ``trainable``: it holds a peft copy;
+    ``merged``, the default: it takes whole merged weights), which
+    :func:`~lit_align.engines.weights.sync_weights` follows.
     """
 
     @property

@@ -17,6 +17,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from lit_align.engines.base import Completion, GenerationInterrupted, SamplingConfig, row_seed
+from lit_align.lora import is_lora
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,12 @@ class HFEngine:
     def weight_version(self) -> int | None:
         """The policy step whose weights the engine holds (None until the first load)."""
         return self._weight_version
+
+    @property
+    def adapter_sync(self) -> str:
+        """What a LoRA policy sends (see :func:`~lit_align.engines.weights.sync_weights`): the
+        adapter tensors into this engine's own peft copy, or merged weights into a plain one."""
+        return "trainable" if is_lora(self.model) else "merged"
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:

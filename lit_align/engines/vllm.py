@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lit_align.engines.base import Completion, SamplingConfig, row_seed
+from lit_align.engines.base import Completion, SamplingConfig, StaleWeightsError, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def llm_kwargs(
     model_name_or_path: str,
     device_type: str = "cuda",
     sleep_available: bool | None = None,
+    lora_rank: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for an :class:`~lit_align.engines.factory.EngineConfig`.
 
@@ -81,7 +82,18 @@ def llm_kwargs(
         kwargs["max_model_len"] = config.max_model_len
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
+    if lora_rank is not None:
+        # One adapter at a time (the policy's latest); vLLM sizes its buffers by a supported rank.
+        kwargs.update(
+            enable_lora=True,
+            max_loras=1,
+            max_lora_rank=next(r for r in _VLLM_LORA_RANKS if r >= lora_rank),
+        )
     return kwargs
+
+
+# The ranks vLLM 0.32 accepts as max_lora_rank.
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def sampling_kwargs(sampling: SamplingConfig, seed: int | None = None) -> dict[str, Any]:
@@ -190,12 +202,21 @@ class VLLMEngine:
         self._asleep = False
         self._weights_awake = True
         self._sleep_enabled = sleep_enabled
+        self.serves_adapters = False  # started with LoRA on: syncs bring adapters
+        self._adapter: Any = None  # the LoRARequest generation uses (the latest adapter)
+        self._adapter_dir: Any = None  # a temporary folder holding it
 
     @classmethod
     def from_config(
-        cls, config: Any, model_name_or_path: str, tokenizer: Any = None, progress: bool = False
+        cls,
+        config: Any,
+        model_name_or_path: str,
+        tokenizer: Any = None,
+        progress: bool = False,
+        lora_rank: int | None = None,
     ) -> VLLMEngine:
-        """Build ``vllm.LLM`` in this process from an ``EngineConfig`` (on vLLM's platform)."""
+        """Build ``vllm.LLM`` in this process from an ``EngineConfig`` (on vLLM's platform);
+        ``lora_rank``: serve LoRA adapters of up to this rank on the base weights."""
         if config.tensor_parallel_size != 1:
             raise ValueError(
                 f"engine.tensor_parallel_size is {config.tensor_parallel_size}: the colocated engine "
@@ -218,11 +239,13 @@ class VLLMEngine:
         reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
         if not any(isinstance(f, _QuietRotaryReload) for f in reload_log.filters):
             reload_log.addFilter(_QuietRotaryReload())
-        kwargs = llm_kwargs(config, model_name_or_path, device, sleep_ok)
+        kwargs = llm_kwargs(config, model_name_or_path, device, sleep_ok, lora_rank)
         llm = vllm.LLM(**kwargs, **launcher_kwargs())
-        return cls(
+        engine = cls(
             llm, tokenizer, sleep_enabled=config.enable_sleep_mode and sleep_ok, progress=progress
         )
+        engine.serves_adapters = lora_rank is not None
+        return engine
 
     # ------------------------------------------------------------------ memory
 
@@ -243,6 +266,38 @@ class VLLMEngine:
     def weight_version(self) -> int | None:
         """The policy step whose weights the engine holds (None: the checkpoint's, never synced)."""
         return self._weight_version
+
+    @property
+    def adapter_sync(self) -> str:
+        """What a LoRA policy sends: the adapter (served on the base weights) or merged weights."""
+        return "adapter" if self.serves_adapters else "merged"
+
+    def load_adapter(self, state: dict[str, torch.Tensor], peft_config: Any, version: int) -> None:
+        """Serve a new adapter (peft format: ``adapter_config.json`` + safetensors) as the policy
+        of step ``version``: a new LoRA id per version, the previous one removed; the base weights
+        never move."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        self._weight_version = None
+        folder = Path(tempfile.mkdtemp(prefix=f"lit_align_adapter_v{version}_"))
+        peft_config.save_pretrained(folder)
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, folder / "adapter_model.safetensors"
+        )
+        previous, previous_dir = self._adapter, self._adapter_dir
+        # vLLM caches adapters by id: every version gets its own (ids start at 1).
+        self._adapter = LoRARequest(f"policy_v{version}", version + 1, str(folder))
+        self._adapter_dir = folder
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous_dir, ignore_errors=True)
+        self.llm.reset_prefix_cache()  # cached KV entries belong to the old adapter
+        self._weight_version = version
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -282,7 +337,12 @@ class VLLMEngine:
             for ids in prompt_token_ids
         ]
         prompts = [self._tokens_prompt_cls(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=self.progress)
+        if self.serves_adapters and self._adapter is None:
+            raise StaleWeightsError(
+                "the vLLM engine serves LoRA adapters but has none yet: sync the policy first"
+            )
+        adapter = {"lora_request": self._adapter} if self.serves_adapters else {}
+        outputs = self.llm.generate(prompts, params, use_tqdm=self.progress, **adapter)
         completions: list[Completion] = []
         for index, request in enumerate(outputs):
             for out in sorted(request.outputs, key=lambda o: o.index):

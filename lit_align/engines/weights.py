@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from lit_align.engines.base import Completion, RolloutEngine
+from lit_align.lora import adapter_items, adapter_state, is_lora, merged_items
 
 __all__ = ["full_state_items", "max_logprob_gap", "sync_weights"]
 
@@ -35,13 +36,27 @@ def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor
 
 
 def sync_weights(engine: RolloutEngine, model: torch.nn.Module, step: int) -> float:
-    """Push ``model``'s full weights into ``engine`` as the weights of optimizer step ``step``.
+    """Push ``model``'s weights into ``engine`` as the weights of optimizer step ``step``.
 
-    The engine records ``step`` as its :attr:`~RolloutEngine.weight_version`. Returns the seconds
-    the sync took.
+    A full model streams every tensor. A LoRA model (peft) sends what the engine declares it
+    takes (its ``adapter_sync``): ``adapter`` (the adapter alone, which the engine serves on its
+    base weights: vLLM with LoRA on), ``trainable`` (the adapter tensors into the engine's own
+    copy of the same peft model: the HF engine) or ``merged`` (base weights plus each delta, a
+    full reload; any engine). The engine records ``step`` as its
+    :attr:`~RolloutEngine.weight_version`. Returns the seconds the sync took.
     """
     start = time.perf_counter()
-    engine.load_weights(full_state_items(model), version=step)
+    if not is_lora(model):
+        engine.load_weights(full_state_items(model), version=step)
+        return time.perf_counter() - start
+    mode = getattr(engine, "adapter_sync", "merged")
+    if mode == "adapter":
+        config = model.peft_config[model.active_adapter]
+        engine.load_adapter(adapter_state(model), config, version=step)  # type: ignore[attr-defined]
+    elif mode == "trainable":
+        engine.load_weights(adapter_items(model), version=step)
+    else:
+        engine.load_weights(merged_items(model), version=step)
     return time.perf_counter() - start
 
 

@@ -17,6 +17,7 @@ from lit_align.contracts import task_data
 from lit_align.engines.base import SamplingConfig
 from lit_align.evaluation import log_generations
 from lit_align.grading import grade_completions
+from lit_align.lora import LoRAConfig, apply_lora
 from lit_align.metrics import GRAD_NORM, LR, PER_RECORD, TOKENS_PER_S, VAL, prefixed
 from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
@@ -48,6 +49,9 @@ class PolicyModule(L.LightningModule):
         logprob_chunk_tokens: tokens per LM-head chunk in the log-prob computation.
         validate_at_start: run the validation pass once before the first training step and log
             it at step 0, so curves start from the initial model.
+        lora: train LoRA adapters (:class:`~lit_align.lora.LoRAConfig`: rank, alpha, dropout,
+            target modules) on the frozen base instead of every weight; only the adapters reach
+            the optimizer and the checkpoints. None: full fine-tuning.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class PolicyModule(L.LightningModule):
         log_samples: int = 4,
         logprob_chunk_tokens: int = 256,
         validate_at_start: bool = False,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -86,6 +91,13 @@ class PolicyModule(L.LightningModule):
         # The model is loaded now so checkpoints restore into it; FSDP2 shards it in configure_model.
         model, self.tokenizer = load_model_and_tokenizer(model_name_or_path, **self._load_kwargs)
         model.train()  # from_pretrained returns eval mode, which also disables HF checkpointing
+        if isinstance(lora, dict):  # from a checkpoint's hyperparameters
+            lora = LoRAConfig(**lora)
+        self.lora = lora
+        if lora is not None:
+            model = apply_lora(model, lora)
+            # Checkpoints hold the adapters only: the frozen base is reloaded from its source.
+            self.strict_loading = False
         self.policy = CausalLMLogProbs(model, logprob_chunk_tokens)
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in PER_RECORD})
         self._val_records: list[dict[str, Any]] = []
@@ -93,8 +105,26 @@ class PolicyModule(L.LightningModule):
 
     @property
     def model(self) -> nn.Module:
-        """The Hugging Face causal LM being trained."""
+        """The Hugging Face causal LM being trained (a peft ``PeftModel`` with ``lora``)."""
         return self.policy.model
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} adapter tensors of this LoRA model (e.g. "
+                f"{missing[0]}): it was written with other lora settings or without lora"
+            )
 
     def configure_model(self) -> None:
         """FSDP2 (Lightning ``ModelParallelStrategy``): shard each decoder layer, then the root."""
@@ -105,7 +135,8 @@ class PolicyModule(L.LightningModule):
 
         dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         for root in self.sharded_roots():
-            for layer in root.model.model.layers:
+            hf = root.model.get_base_model() if self.lora is not None else root.model
+            for layer in hf.model.layers:
                 fully_shard(layer, mesh=dp_mesh)
             fully_shard(root, mesh=dp_mesh)
         self._sharded = True

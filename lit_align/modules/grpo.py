@@ -65,7 +65,10 @@ class GRPOModule(PolicyModule):
         self.mismatch_warn_threshold = mismatch_warn_threshold
         self._mismatch = torch.zeros(2, dtype=torch.float64)  # (sum of |gap| over tokens, tokens)
         self.ref_policy: nn.Module | None = None
-        if self.loss.kl_coef > 0:  # a frozen copy of the initial policy
+        # The reference is the initial policy: with LoRA, the same weights with the adapters
+        # switched off (no copy); otherwise a frozen copy.
+        self.uses_reference = self.loss.kl_coef > 0
+        if self.uses_reference and self.lora is None:
             self.ref_policy = CausalLMLogProbs(copy.deepcopy(self.model), self.policy.chunk_tokens)
             self.ref_policy.requires_grad_(False).eval()
         self._round_first_step = True
@@ -89,7 +92,7 @@ class GRPOModule(PolicyModule):
         (when ``kl_coef`` > 0) of a generated round, stored in its buffer, once per round."""
         data = round_data(self.trainer)
         needs_old = data.steps_per_round > 1
-        if not needs_old and self.ref_policy is None:
+        if not needs_old and not self.uses_reference:
             return
         was_training = self.policy.training
         self.policy.eval()
@@ -101,10 +104,19 @@ class GRPOModule(PolicyModule):
             where = batch["completion_mask"].to(self.device)  # only response tokens are stored
             if needs_old:
                 buffer.store("old", indices, self.policy(ids, labels, positions=where)["log_probs"])
-            if self.ref_policy is not None:
-                ref = self.ref_policy(ids, labels, positions=where)["log_probs"]
+            if self.uses_reference:
+                ref = self._reference(ids, labels, where)
                 buffer.store("ref", indices, ref)
         self.policy.train(was_training)
+
+    def _reference(
+        self, ids: torch.Tensor, labels: torch.Tensor, where: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L) log-probs of the reference (initial) policy at ``where``."""
+        if self.ref_policy is not None:
+            return self.ref_policy(ids, labels, positions=where)["log_probs"]
+        with self.model.disable_adapter():  # LoRA: the frozen base is the initial policy
+            return self.policy(ids, labels, positions=where)["log_probs"]
 
     def on_train_epoch_start(self) -> None:
         # The round was generated when Lightning reloaded the dataloader; batches are collated
