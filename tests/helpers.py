@@ -11,7 +11,14 @@ import torch
 
 from lit_align.rewards import RewardEvaluator
 
-__all__ = ["DistinctCharacters", "cpu_trainer", "fit_demo", "scalars", "tiny_rollout_data"]
+__all__ = [
+    "DistinctCharacters",
+    "cpu_trainer",
+    "cpu_vllm_engine",
+    "fit_demo",
+    "scalars",
+    "tiny_rollout_data",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,3 +96,19 @@ def fit_demo(name: str, *configs: str) -> tuple[Path, dict[str, list[float]]]:
     main(["fit", *args, "--trainer.enable_progress_bar", "false"])
     (run,) = (Path.cwd() / "runs" / name).glob("version_*")
     return run, scalars(run)
+
+
+def cpu_vllm_engine(**kw: Any) -> Any:
+    """An ``EngineConfig`` for vLLM's CPU build in tests: float32 (the trainer's dtype), a fixed
+    256 MiB KV cache, no graph compilation, no sleep mode; keyword arguments override."""
+    from lit_align.engines import EngineConfig
+
+    defaults: dict[str, Any] = dict(
+        backend="vllm",
+        dtype="float32",
+        kv_cache_memory_bytes=256 * 2**20,
+        max_model_len=1024,
+        enforce_eager=True,
+        enable_sleep_mode=False,
+    )
+    return EngineConfig(**{**defaults, **kw})

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from lit_align.engines import APIError, EngineConfig, OpenAICompatibleEngine, SamplingConfig
+from lit_align.engines import APIError, OpenAICompatibleEngine, SamplingConfig
 from lit_align.rewards.formats import r1_zero_rewards
+from tests.helpers import cpu_vllm_engine
 from tests.vllm_server import scrubbed_env, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -131,14 +132,7 @@ def test_generate_with_an_in_process_vllm_engine(smollm2, tmp_path):
         str(smollm2),
         template="demo",
         sampling=SamplingConfig(temperature=0.0, max_new_tokens=40),
-        engine=EngineConfig(
-            backend="vllm",
-            dtype="float32",
-            kv_cache_memory_bytes=256 * 2**20,
-            max_model_len=1024,
-            enforce_eager=True,
-            enable_sleep_mode=False,
-        ),
+        engine=cpu_vllm_engine(),
         progress=False,
     )
     assert totals["questions"] == 4 and totals["kept"] >= 3 and totals["api_errors"] == 0

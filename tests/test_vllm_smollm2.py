@@ -21,7 +21,7 @@ from lit_align.engines import (
     sync_weights,
 )
 from lit_align.ops import get_response_log_probs
-from tests.helpers import cpu_trainer
+from tests.helpers import cpu_trainer, cpu_vllm_engine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -161,15 +161,7 @@ def test_lora_adapters_reach_vllm_through_three_syncs(smollm2, lora_sync):
 
     module = SFTModule(str(smollm2), dtype="float32", lora=LoRAConfig(rank=8, alpha=16))
     model, tok = module.model, module.tokenizer
-    config = EngineConfig(
-        backend="vllm",
-        dtype="float32",
-        kv_cache_memory_bytes=256 * 2**20,
-        max_model_len=1024,
-        enforce_eager=True,
-        enable_sleep_mode=False,
-        lora_sync=lora_sync,
-    )
+    config = cpu_vllm_engine(lora_sync=lora_sync)
     engine = build_engine(config, model, tok, str(smollm2))
     assert engine.adapter_sync == ("adapter" if lora_sync == "adapter" else "merged")
     prompts = _prompts(tok, 4)
