@@ -3,8 +3,10 @@
 1. Peak memory and time of one GRPO round with a KL reference, LoRA (rank 16, every projection)
    vs full fine-tuning: HF engine, 8 GSM8K prompts × 4 samples of 64 tokens, ``kl_coef`` 0.04
    (full: a frozen reference copy; LoRA: the base with the adapters off), AdamW. Each setting
-   runs in a fresh subprocess; the figure is the process's peak RSS (``ru_maxrss``), weights
-   included, and the round's seconds.
+   runs in a fresh subprocess; the figures are the tensor state it holds, counted exactly
+   (parameters, reference copy, gradients, optimizer state, the engine's copy), the process's
+   peak RSS (``ru_maxrss``) and its RSS after the round (allocator pages included), and the
+   round's seconds.
 2. The HF engine's two LoRA paths: a peft copy receiving the adapter (``lora_sync: adapter``) vs
    a plain copy receiving merged weights (``merge``): seconds per sync and per generation of the
    same 32 samples.
@@ -66,6 +68,13 @@ def one_round(model: str, lora: bool) -> dict:
     trainer.fit(module, data)
     seconds = time.perf_counter() - start
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    # Tensor state the run holds, counted exactly: the module's parameters (a full run's
+    # reference copy included), their gradients, the optimizer's state, the engine's copy.
+    tensors = list(module.parameters()) + list(data.engine.model.parameters())
+    tensors += [p.grad for p in module.parameters() if p.grad is not None]
+    for state in trainer.optimizers[0].state.values():
+        tensors += [v for v in state.values() if torch.is_tensor(v)]
+    state_gib = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     with open("/proc/self/statm") as f:  # what the run holds after its round: weights, engine,
         held = int(f.read().split()[1]) * resource.getpagesize() / 2**30  # reference, optimizer
@@ -78,6 +87,7 @@ def one_round(model: str, lora: bool) -> dict:
         "seconds": seconds,
         "trainable": trainable,
         "checkpoint_mib": checkpoint,
+        "state_gib": state_gib,
     }
 
 
@@ -130,16 +140,18 @@ def main() -> None:
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
     print("one GRPO round with a KL reference, SmolLM2-135M float32, CPU, HF engine")
     print(
-        f"{'':<6}{'trainable':>12}{'peak RSS GiB':>14}{'held GiB':>10}{'seconds':>9}{'ckpt MiB':>10}"
+        f"{'':<6}{'trainable':>12}{'tensors GiB':>13}{'peak RSS GiB':>14}{'held GiB':>10}"
+        f"{'seconds':>9}{'ckpt MiB':>10}"
     )
     for name, row in rows.items():
         print(
-            f"{name:<6}{row['trainable']:>12,}{row['peak_gib']:>14.2f}{row['held_gib']:>10.2f}"
-            f"{row['seconds']:>9.1f}{row['checkpoint_mib']:>10.1f}"
+            f"{name:<6}{row['trainable']:>12,}{row['state_gib']:>13.2f}{row['peak_gib']:>14.2f}"
+            f"{row['held_gib']:>10.2f}{row['seconds']:>9.1f}{row['checkpoint_mib']:>10.1f}"
         )
     full, lora = rows["full"], rows["lora"]
     print(
-        f"LoRA / full: peak {lora['peak_gib'] / full['peak_gib']:.2f}×, held "
+        f"LoRA / full: tensors {lora['state_gib'] / full['state_gib']:.2f}×, "
+        f"peak {lora['peak_gib'] / full['peak_gib']:.2f}×, held "
         f"{lora['held_gib'] / full['held_gib']:.2f}×, time {lora['seconds'] / full['seconds']:.2f}×, "
         f"checkpoint {lora['checkpoint_mib'] / full['checkpoint_mib']:.3f}×"
     )
