@@ -30,9 +30,9 @@ def check_checkpoint(path: str | Path, weights_only: bool = True) -> None:
 
     Args:
         path: the ``--ckpt_path`` given.
-        weights_only: probe with a safe load (the default of ``torch.load`` and Lightning); with
-            False (``--weights_only false``, the user's own trusted file) only the archive is
-            checked, since a probe would execute the file's pickled code.
+        weights_only: probe with a safe load (the default of ``torch.load`` and Lightning). When
+            the user has turned Lightning's safe loading off for a run, only the archive is
+            checked: this function never unpickles a file unsafely itself.
     """
     import torch
 

@@ -13,6 +13,7 @@ from lit_align.rewards import RewardEvaluator
 
 __all__ = [
     "DistinctCharacters",
+    "check_demo_accuracy",
     "cpu_trainer",
     "cpu_vllm_engine",
     "fit_demo",
@@ -112,3 +113,14 @@ def cpu_vllm_engine(**kw: Any) -> Any:
         enable_sleep_mode=False,
     )
     return EngineConfig(**{**defaults, **kw})
+
+
+def check_demo_accuracy(scalars: dict[str, list[float]], figure_name: str) -> list[float]:
+    """A demo learned: validation accuracy rose by 0.2 or more and ended within 0.05 of the
+    README's figure for this machine's kernels. Returns the accuracy curve."""
+    from tests.figures import figure
+
+    acc = scalars["val/accuracy"]
+    assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
+    assert abs(acc[-1] - figure(figure_name)) <= 0.05, acc  # the README's
+    return acc

@@ -13,8 +13,7 @@ from lit_align.data import ExpertIterationDataModule
 from lit_align.engines import SamplingConfig
 from lit_align.modules import SFTModule
 from lit_align.rewards import RewardEvaluator
-from tests.figures import figure
-from tests.helpers import cpu_trainer, fit_demo
+from tests.helpers import check_demo_accuracy, cpu_trainer, fit_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,8 +127,6 @@ def test_demo_expert_iteration_raises_validation_accuracy(demo_dir, monkeypatch)
     """The README's EI demo: the GRPO demo's warm start (shared by the demo tests), then 10 steps."""
     monkeypatch.chdir(demo_dir)
     _, scalars = fit_demo("demo_expert_iteration", "configs/demo/expert_iteration.yaml")
-    acc = scalars["val/accuracy"]
-    assert acc[-1] - acc[0] >= 0.2, acc
-    assert abs(acc[-1] - figure("ei_demo_final_val_accuracy")) <= 0.05, acc  # the README's
+    check_demo_accuracy(scalars, "ei_demo_final_val_accuracy")
     assert all(k > 0 for k in scalars["ei/kept"])
     assert "rollout/token_entropy_mean" in scalars and "ei/questions_solved_frac" in scalars

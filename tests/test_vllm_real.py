@@ -15,24 +15,20 @@ import pytest
 import torch
 
 from lit_align.engines import (
-    EngineConfig,
     SamplingConfig,
     build_engine,
     max_logprob_gap,
     sync_weights,
 )
+from tests.helpers import cpu_vllm_engine
 
 pytestmark = pytest.mark.vllm
 
 # The CPU attention kernels serve head sizes 32, 64, …: hidden 128 / 4 heads.
 TINY = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256)
-ENGINE = EngineConfig(
-    backend="vllm",
-    dtype="float32",
-    kv_cache_memory_bytes=256 * 2**20,
-    max_model_len=512,
-    enforce_eager=True,
-)
+ENGINE = cpu_vllm_engine(
+    max_model_len=512, enable_sleep_mode=True
+)  # as before: sleep asked, CPU turns it off
 PROMPTS = [[5, 17, 33, 40, 41], [60, 61, 62], [100, 7, 8, 9, 10, 11, 12], [200, 201]]
 
 

@@ -13,7 +13,6 @@ import torch
 from lit_align.data.sources import load_examples
 from lit_align.data.templates import format_prompt
 from lit_align.engines import (
-    EngineConfig,
     HFEngine,
     SamplingConfig,
     build_engine,
@@ -33,13 +32,7 @@ def engines(smollm2):
     from lit_align.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(smollm2, dtype="float32")
-    config = EngineConfig(
-        backend="vllm",
-        dtype="float32",
-        kv_cache_memory_bytes=512 * 2**20,
-        max_model_len=1024,
-        enforce_eager=True,
-    )
+    config = cpu_vllm_engine(kv_cache_memory_bytes=512 * 2**20, enable_sleep_mode=True)
     return model, tok, build_engine(config, None, tok, str(smollm2))
 
 

@@ -179,6 +179,7 @@ class VLLMEngine:
         progress: show vLLM's progress bar while generating.
         sampling_params_cls: ``vllm.SamplingParams`` (default, imported on first use).
         tokens_prompt_cls: ``vllm.TokensPrompt`` (default, imported on first use).
+        serves_adapters: ``llm`` was built with LoRA on; syncs bring adapters (:meth:`load_adapter`).
     """
 
     def __init__(
@@ -190,6 +191,7 @@ class VLLMEngine:
         progress: bool = False,
         sampling_params_cls: Any = None,
         tokens_prompt_cls: Any = None,
+        serves_adapters: bool = False,
     ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
@@ -202,7 +204,7 @@ class VLLMEngine:
         self._asleep = False
         self._weights_awake = True
         self._sleep_enabled = sleep_enabled
-        self.serves_adapters = False  # started with LoRA on: syncs bring adapters
+        self.serves_adapters = serves_adapters  # started with LoRA on: syncs bring adapters
         self._adapter: Any = None  # the LoRARequest generation uses (the latest adapter)
         self._adapter_dir: Any = None  # a temporary folder holding it
 
@@ -241,11 +243,13 @@ class VLLMEngine:
             reload_log.addFilter(_QuietRotaryReload())
         kwargs = llm_kwargs(config, model_name_or_path, device, sleep_ok, lora_rank)
         llm = vllm.LLM(**kwargs, **launcher_kwargs())
-        engine = cls(
-            llm, tokenizer, sleep_enabled=config.enable_sleep_mode and sleep_ok, progress=progress
+        return cls(
+            llm,
+            tokenizer,
+            sleep_enabled=config.enable_sleep_mode and sleep_ok,
+            progress=progress,
+            serves_adapters=lora_rank is not None,
         )
-        engine.serves_adapters = lora_rank is not None
-        return engine
 
     # ------------------------------------------------------------------ memory
 

@@ -108,18 +108,20 @@ class PolicyModule(L.LightningModule):
         """The Hugging Face causal LM being trained (a peft ``PeftModel`` with ``lora``)."""
         return self.policy.model
 
+    def _trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lora is None:
             return
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        trainable = self._trainable_names()
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lora is None:
             return
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        missing = sorted(self._trainable_names() - set(checkpoint["state_dict"]))
         if missing:
             raise ValueError(
                 f"the checkpoint lacks {len(missing)} adapter tensors of this LoRA model (e.g. "
