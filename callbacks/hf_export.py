@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 
 from lit_align.engines.weights import full_state_items
 from lit_align.lora import adapter_state, is_lora, merged_items, save_adapter
+from lit_align.models import save_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ class HFExport(L.Callback):
             path of its own (relative to the working directory).
         in_log_dir: place ``dirname`` inside the run's log directory.
         safe_serialization: write safetensors.
-        merged: LoRA only: also write the merged model.
+        merged: LoRA only: also write the merged model (safetensors; a QLoRA run's 4-bit base
+            is written dequantized).
     """
 
     def __init__(
@@ -67,13 +70,17 @@ class HFExport(L.Callback):
         if not trainer.is_global_zero:
             return
         config = model.peft_config[model.active_adapter]
-        save_adapter(path, config, state, base=str(pl_module.model_name_or_path))
+        quantization = getattr(pl_module, "quantization", None)  # QLoRA: the base's 4-bit settings
+        save_adapter(
+            path, config, state, base=str(pl_module.model_name_or_path),
+            quantization=asdict(quantization) if quantization is not None else None,
+        )  # fmt: skip
         pl_module.tokenizer.save_pretrained(path)
         log.info("saved the LoRA adapter to %s", path)
         if merged is not None:
             whole = path.with_name(path.name + "_merged")
-            model.get_base_model().save_pretrained(
-                whole, state_dict=merged, safe_serialization=self.safe_serialization
+            base = model.get_base_model()  # a 4-bit base is written dequantized, as plain weights
+            save_model_folder(
+                whole, merged.items(), base.config, base.generation_config, pl_module.tokenizer
             )
-            pl_module.tokenizer.save_pretrained(whole)
             log.info("saved the merged Hugging Face model to %s", whole)

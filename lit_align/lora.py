@@ -15,12 +15,15 @@ the target layers. What leaves it:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lit_align.quantization import dequantized, plain_config, quant_state_key
 
 __all__ = [
     "LoRAConfig",
@@ -30,8 +33,13 @@ __all__ = [
     "is_adapter_folder",
     "is_lora",
     "merged_items",
+    "merged_model",
     "save_adapter",
 ]
+
+
+# Beside a QLoRA adapter: the 4-bit settings of the base it was trained on.
+QUANTIZATION_FILE = "base_quantization.json"
 
 
 @dataclass(frozen=True)
@@ -111,35 +119,64 @@ def adapter_state(model: Any) -> dict[str, torch.Tensor]:
 def merged_items(model: Any, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor) of the base model, each adapted layer's weight plus its delta
     (``merge``) or alone; ``modules_to_save`` contribute their trained copy when merging. Tied
-    weights appear under every name, as in the base model's own state dict."""
+    weights appear under every name, as in the base model's own state dict. A 4-bit base
+    (QLoRA) gives its dequantized weights, the values the trainer computes with."""
     base = model.get_base_model()
     adapter = model.active_adapter
+    params = dict(base.named_parameters(remove_duplicate=False))
+    quantized = {name for name, p in params.items() if hasattr(p, "quant_state")}
     for name, tensor in base.state_dict().items():
         if ".lora_" in name or (merge and ".original_module." in name):
             continue
-        if not merge and ".modules_to_save." in name:
+        if (not merge and ".modules_to_save." in name) or quant_state_key(name, quantized):
             continue
         hf_name = (
             name.replace(".base_layer.", ".")
             .replace(".original_module.", ".")
             .replace(f".modules_to_save.{adapter}.", ".")
         )
+        if name in quantized:
+            tensor = dequantized(params[name])
         if hasattr(tensor, "full_tensor"):
             tensor = tensor.full_tensor()
         if merge and name.endswith(".base_layer.weight"):
             layer = base.get_submodule(name.removesuffix(".base_layer.weight"))
             if adapter in getattr(layer, "lora_A", {}):
-                tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+                delta = layer.get_delta_weight(adapter)  # [out, in]; sharded: a DTensor
+                if hasattr(delta, "full_tensor"):
+                    delta = delta.full_tensor()
+                tensor = tensor + delta.to(tensor.dtype)
         yield hf_name, tensor.detach()
 
 
+def merged_model(model: Any) -> Any:
+    """A plain Hugging Face model (no peft layers, no 4-bit ones) holding :func:`merged_items`,
+    on ``model``'s device. Built from the config, not deep-copied: a sharded (FSDP2) policy
+    cannot be copied, and a 4-bit one would merge into its 4-bit codes."""
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    embeddings = base.get_input_embeddings().weight
+    local = embeddings.to_local() if hasattr(embeddings, "to_local") else embeddings
+    plain = AutoModelForCausalLM.from_config(plain_config(base.config), dtype=local.dtype)
+    plain.load_state_dict(dict(merged_items(model)))  # every rank joins a sharded gather
+    plain.generation_config = copy.deepcopy(base.generation_config)
+    return plain.to(local.device)
+
+
 def save_adapter(
-    folder: str | Path, config: Any, state: dict[str, torch.Tensor], base: str | None = None
+    folder: str | Path,
+    config: Any,
+    state: dict[str, torch.Tensor],
+    base: str | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> None:
     """Write an adapter in peft's folder format (``adapter_config.json``,
-    ``adapter_model.safetensors``), which peft, vLLM's ``LoRARequest`` and ``lit_align eval`` load;
-    ``base`` is recorded as the base model to load it on."""
-    import copy
+    ``adapter_model.safetensors``), which peft, vLLM's ``LoRARequest`` and ``lit_align eval``
+    load; ``base`` is recorded as the base model to load it on, ``quantization`` (QLoRA) as the
+    4-bit settings of the base it was trained on (``base_quantization.json``: ``lit_align eval``
+    rebuilds that base, dequantized, so it evaluates the trained function)."""
+    import json
 
     from safetensors.torch import save_file
 
@@ -150,6 +187,8 @@ def save_adapter(
         config.base_model_name_or_path = base
     config.save_pretrained(folder)
     save_file({k: v.contiguous() for k, v in state.items()}, folder / "adapter_model.safetensors")
+    if quantization is not None:
+        (folder / QUANTIZATION_FILE).write_text(json.dumps(quantization, indent=1) + "\n")
 
 
 def is_adapter_folder(path: str | Path) -> bool:

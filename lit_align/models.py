@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from lit_align.lora import is_adapter_folder
+from lit_align.lora import QUANTIZATION_FILE, is_adapter_folder, merged_model
+from lit_align.quantization import QuantizationConfig, bnb_config, plain_config, train_safe
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ __all__ = [
     "parse_tiny_spec",
     "resolve_attn_implementation",
     "resolve_dtype",
+    "save_model_folder",
     "save_tiny_model",
 ]
 
@@ -106,7 +110,9 @@ def _load_adapter_folder(
     padding_side: Literal["left", "right"],
 ) -> tuple[Any, Any]:
     """A LoRA adapter folder (``HFExport`` of a LoRA run): its base model, named in
-    ``adapter_config.json``, with the adapter merged in; the folder's tokenizer."""
+    ``adapter_config.json``, with the adapter merged in; the folder's tokenizer. A QLoRA adapter
+    (``base_quantization.json`` beside it) goes on the 4-bit base it was trained on, merged into
+    that base's dequantized weights: the function that was trained, in plain weights."""
     import json
 
     from peft import PeftModel
@@ -116,12 +122,19 @@ def _load_adapter_folder(
     )
     if not base_name:
         raise ValueError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    quantization = None
+    if (Path(folder) / QUANTIZATION_FILE).is_file():
+        settings = json.loads((Path(folder) / QUANTIZATION_FILE).read_text())
+        quantization = QuantizationConfig(**settings)
     base, tokenizer = load_model_and_tokenizer(
-        base_name, dtype, attn_implementation, False, trust_remote_code, None, padding_side
-    )
+        base_name, dtype, attn_implementation, False, trust_remote_code, None, padding_side,
+        quantization,
+    )  # fmt: skip
     if (Path(folder) / "tokenizer_config.json").exists():
         tokenizer = load_tokenizer(folder, trust_remote_code, padding_side)
-    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    model = PeftModel.from_pretrained(base, folder)
+    # peft merges a full-precision base in place; a 4-bit one would merge into its 4-bit codes.
+    model = merged_model(model) if quantization is not None else model.merge_and_unload()
     return _finish(model, gradient_checkpointing, device), tokenizer
 
 
@@ -133,6 +146,7 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
     device: str | torch.device | None = None,
     padding_side: Literal["left", "right"] = "right",
+    quantization: QuantizationConfig | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from the Hugging Face hub or a local directory.
 
@@ -149,6 +163,9 @@ def load_model_and_tokenizer(
         trust_remote_code: run modeling code shipped with the checkpoint. Only when you trust it.
         device: where to put the model; ``None`` leaves it on the CPU (Lightning moves it).
         padding_side: tokenizer padding side (right for training; the engines pad themselves).
+        quantization: load the linear layers in 4 bits through bitsandbytes (QLoRA's frozen
+            base; see :mod:`lit_align.quantization`). A ``tiny:`` model is saved to a temporary
+            folder and loaded back quantized, the same path as a real one.
 
     Returns:
         (model, tokenizer); the tokenizer always has a pad token (eos when it had none).
@@ -156,6 +173,13 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM
 
     name = str(name_or_path)
+    if quantization is not None and (name.startswith("tiny:") or name == "tiny"):
+        with tempfile.TemporaryDirectory(prefix="lit_align_tiny_") as folder:
+            save_tiny_model(folder, **parse_tiny_spec(name))
+            return load_model_and_tokenizer(
+                folder, dtype, attn_implementation, gradient_checkpointing, trust_remote_code,
+                device, padding_side, quantization,
+            )  # fmt: skip
     if name.startswith("tiny:") or name == "tiny":
         model, tokenizer = build_tiny_model(**parse_tiny_spec(name))
         tokenizer.padding_side = padding_side
@@ -164,17 +188,27 @@ def load_model_and_tokenizer(
 
     check_model_source(name)
     if is_adapter_folder(name):
+        if quantization is not None:
+            raise ValueError(
+                f"{name} is a LoRA adapter folder: quantization applies to a base model"
+            )
         return _load_adapter_folder(
             name, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, device,
             padding_side,
         )  # fmt: skip
     tokenizer = load_tokenizer(name_or_path, trust_remote_code, padding_side)
+    quantized = {}
+    if quantization is not None:  # on the GPU when there is one (bitsandbytes' placement)
+        quantized["quantization_config"] = bnb_config(quantization, resolve_dtype(dtype))
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path),
         dtype=resolve_dtype(dtype),
         attn_implementation=resolve_attn_implementation(attn_implementation),
         trust_remote_code=trust_remote_code,
+        **quantized,
     )
+    if quantization is not None:
+        model = train_safe(model)
     return _finish(model, gradient_checkpointing, device), tokenizer
 
 
@@ -326,6 +360,35 @@ def build_tiny_model(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def save_model_folder(
+    path: str | Path,
+    items: Iterable[tuple[str, torch.Tensor]],
+    config: Any,
+    generation_config: Any = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write a whole model folder that transformers and vLLM load as is: ``items`` (Hugging Face
+    name, full tensor) to ``model.safetensors``, ``config`` without 4-bit settings (the tensors
+    are plain), the generation config and tokenizer when given. Written by hand on the calling
+    rank (``save_pretrained`` writes on rank 0 only under torch.distributed)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    state = {
+        name: tensor.contiguous()
+        for name, tensor in items
+        if not (tied and name == "lm_head.weight")  # one storage, saved once
+    }
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    plain_config(config).save_pretrained(path)
+    for extra in (generation_config, tokenizer):
+        if extra is not None:
+            extra.save_pretrained(path)
+    return path
 
 
 def save_tiny_model(path: str | Path, **kwargs: Any) -> Path:

@@ -18,12 +18,14 @@ CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(SWEEPS))
 
 
 def _config_args(config: Path) -> list[str]:
-    """``--config`` arguments of a config: an overlay's first line names the config it goes on."""
+    """``--config`` arguments of a config: an overlay's first line names the configs it goes on
+    (``# overlay on: BASE [OVERLAY…]``, in order)."""
     first = config.read_text().splitlines()[0]
+    args = []
     if first.startswith("# overlay on: "):
-        base = ROOT / first.removeprefix("# overlay on: ").strip()
-        return ["--config", str(base), "--config", str(config)]
-    return ["--config", str(config)]
+        for base in first.removeprefix("# overlay on: ").split():
+            args += ["--config", str(ROOT / base)]
+    return [*args, "--config", str(config)]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """DDP and FSDP2 on 2 CPU processes (gloo) give the weights of a single process on the same data,
-for SFT and GRPO (weight sync included), and GRPO with a colocated vLLM engine per rank (`vllm`).
+for SFT, GRPO and LoRA GRPO with a KL term (weight sync included), and GRPO with a colocated vLLM
+engine per rank (`vllm`).
 Slow: each run starts 2 processes."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _run(task: str, mode: str, out: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["sft", "grpo"])
+@pytest.mark.parametrize("task", ["sft", "grpo", "grpo_lora"])
 def test_ddp_and_fsdp2_match_a_single_process(task, tmp_path):
     single = _run(task, "single", tmp_path / "single.pt")
     start = None
@@ -44,17 +45,19 @@ def test_ddp_and_fsdp2_match_a_single_process(task, tmp_path):
             torch.testing.assert_close(
                 other["weights"][name], w, rtol=0, atol=TOLERANCE, msg=f"{mode}: {name}"
             )
-        if task == "grpo":
-            assert (
-                other["engine_max_diff"] == 0.0
-            )  # the engine received exactly the policy's weights
-    if task == "grpo":
+        if task != "sft":  # the engine received exactly the policy's (merged) weights
+            assert other["engine_max_diff"] == 0.0, mode
+    if task != "sft":
         assert single["engine_max_diff"] == 0.0
-    # The runs really trained: weights moved away from the tiny model's initialization.
+    # The runs really trained: weights (LoRA: the adapters) moved away from their start.
     from lit_align.models import build_tiny_model
 
     start, _ = build_tiny_model()
     init = dict(start.named_parameters())
+    if task == "grpo_lora":
+        adapters = [w for n, w in single["weights"].items() if ".lora_B." in n]
+        assert len(adapters) == 2 * 7 and min(w.abs().max().item() for w in adapters) > 1e-4
+        return
     moved = max((single["weights"][n] - init[n].detach()).abs().max().item() for n in init)
     assert moved > 1e-3
 

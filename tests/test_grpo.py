@@ -12,6 +12,7 @@ from lit_align.engines.hf import HFEngine
 from lit_align.lora import LoRAConfig
 from lit_align.losses import LOSS_FIELDS, LossConfig
 from lit_align.modules import GRPOModule
+from lit_align.quantization import QuantizationConfig
 from lit_align.rewards import RewardEvaluator
 from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig
 from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
@@ -268,8 +269,12 @@ def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"lora": LoRAConfig(rank=4, alpha=8.0), "kl_coef": 0.05}],
-    ids=["full", "lora_with_kl"],
+    [
+        {},
+        {"lora": LoRAConfig(rank=4, alpha=8.0), "kl_coef": 0.05},
+        {"lora": LoRAConfig(rank=4), "quantization": QuantizationConfig(), "kl_coef": 0.05},
+    ],
+    ids=["full", "lora_with_kl", "qlora_with_kl"],
 )
 def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, extra):
     from lightning.pytorch.callbacks import ModelCheckpoint

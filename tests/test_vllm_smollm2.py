@@ -144,15 +144,23 @@ def test_sft_teaches_the_real_model_to_end_its_turn(smollm2, tmp_path):
     assert stopped >= 6
 
 
-@pytest.mark.parametrize("lora_sync", ["adapter", "merge"])
-def test_lora_adapters_reach_vllm_through_three_syncs(smollm2, lora_sync):
+@pytest.mark.parametrize(
+    ("lora_sync", "bits"), [("adapter", None), ("merge", None), ("adapter", 4)], ids=str
+)
+def test_lora_adapters_reach_vllm_through_three_syncs(smollm2, lora_sync, bits):
     """The adapter path (vLLM serves each version's adapter on the base loaded once) and the
     merge path (merged weights reloaded): after each of 3 syncs the engine samples from exactly
-    the trained LoRA policy (float32)."""
+    the trained LoRA policy (float32). QLoRA (a 4-bit nf4 base): vLLM holds the dequantized
+    base, so it samples from the trainer's own function too."""
     from lit_align.lora import LoRAConfig
     from lit_align.modules import SFTModule
+    from lit_align.quantization import QuantizationConfig, is_quantized
 
-    module = SFTModule(str(smollm2), dtype="float32", lora=LoRAConfig(rank=8, alpha=16))
+    quantization = QuantizationConfig(bits=bits) if bits else None
+    module = SFTModule(
+        str(smollm2), dtype="float32", lora=LoRAConfig(rank=8, alpha=16), quantization=quantization
+    )
+    assert is_quantized(module.model) == bool(bits)
     model, tok = module.model, module.tokenizer
     config = cpu_vllm_engine(lora_sync=lora_sync)
     engine = build_engine(config, model, tok, str(smollm2))
@@ -170,7 +178,7 @@ def test_lora_adapters_reach_vllm_through_three_syncs(smollm2, lora_sync):
         assert engine.weight_version == step
         gaps.append(max_logprob_gap(model, prompts, engine.generate(prompts, sampling)))
     print(
-        f"LoRA {lora_sync}: max |Δ log-prob| per sync {[f'{x:.1e}' for x in gaps]}, "
+        f"LoRA {lora_sync} bits={bits}: max |Δ log-prob| per sync {[f'{x:.1e}' for x in gaps]}, "
         f"sync seconds {[f'{x:.2f}' for x in seconds]}"
     )
     assert max(gaps) <= 1e-4, gaps

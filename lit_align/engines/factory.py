@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from lit_align.engines.base import RolloutEngine
 from lit_align.engines.weights import full_state_items
-from lit_align.lora import is_adapter_folder, is_lora, merged_items
+from lit_align.lora import is_adapter_folder, is_lora, merged_items, merged_model
+from lit_align.quantization import is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,15 @@ def build_engine(
         from lit_align.engines.hf import HFEngine
 
         if lora and mode == "merge":
-            model = copy.deepcopy(model).merge_and_unload()  # a plain copy; syncs merge
+            model = merged_model(model)  # a plain copy; syncs merge
         return HFEngine.from_policy(model, tokenizer, config.max_batch_size, progress)
     if config.backend == "vllm":
         from lit_align.engines.vllm import VLLMEngine
 
         path = str(model_name_or_path)
-        if path.startswith("tiny") or is_adapter_folder(path):  # vLLM loads whole-model folders
+        # vLLM loads whole-model folders; a 4-bit base goes as the dequantized weights the
+        # trainer computes with, so the engine samples from the trainer's own function.
+        if path.startswith("tiny") or is_adapter_folder(path) or is_quantized(model):
             path = _save_for_vllm(model, tokenizer)
         rank = None
         if lora and mode == "adapter":
@@ -136,32 +138,20 @@ def engine_for_model(
 
 
 def _save_for_vllm(model: Any, tokenizer: Any) -> str:
-    """vLLM loads models from a folder: save a model built in code to a temporary one.
-
-    Written by hand, on every rank (``save_pretrained`` writes on rank 0 only under
-    torch.distributed, and each rank's engine needs the folder).
+    """vLLM loads models from a folder: save a model built in code (or a LoRA policy's base,
+    dequantized when it is 4-bit) to a temporary one, on every rank (each rank's engine needs it).
     """
     import atexit
     import shutil
     import tempfile
-    from pathlib import Path
 
-    from safetensors.torch import save_file
+    from lit_align.models import save_model_folder
 
     if model is None:
         raise ValueError("a tiny: model spec needs the built model to hand it to vLLM")
-    path = Path(tempfile.mkdtemp(prefix="lit_align_vllm_"))
+    path = tempfile.mkdtemp(prefix="lit_align_vllm_")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     # A LoRA policy: vLLM loads the frozen base (the adapter arrives at the first sync).
     items = merged_items(model, merge=False) if is_lora(model) else full_state_items(model)
-    state = {
-        name: tensor.contiguous()
-        for name, tensor in items
-        if not (tied and name == "lm_head.weight")  # one storage, saved once
-    }
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(path)
-    model.generation_config.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    save_model_folder(path, items, model.config, model.generation_config, tokenizer)
+    return path

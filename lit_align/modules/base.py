@@ -21,6 +21,7 @@ from lit_align.lora import LoRAConfig, apply_lora
 from lit_align.metrics import GRAD_NORM, LR, PER_RECORD, TOKENS_PER_S, VAL, prefixed
 from lit_align.models import AttnImpl, load_model_and_tokenizer
 from lit_align.ops import CausalLMLogProbs
+from lit_align.quantization import QuantizationConfig, check_quantized_device
 
 __all__ = ["PolicyModule"]
 
@@ -52,6 +53,9 @@ class PolicyModule(L.LightningModule):
         lora: train LoRA adapters (:class:`~lit_align.lora.LoRAConfig`: rank, alpha, dropout,
             target modules) on the frozen base instead of every weight; only the adapters reach
             the optimizer and the checkpoints. None: full fine-tuning.
+        quantization: QLoRA: load the frozen base in 4 bits through bitsandbytes
+            (:class:`~lit_align.quantization.QuantizationConfig`: bits 4, type nf4|fp4); needs
+            ``lora``; one device, CUDA or CPU. Engines and exports get the dequantized base.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class PolicyModule(L.LightningModule):
         logprob_chunk_tokens: int = 256,
         validate_at_start: bool = False,
         lora: LoRAConfig | None = None,
+        quantization: QuantizationConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -82,17 +87,26 @@ class PolicyModule(L.LightningModule):
         self.val_sampling = val_sampling or SamplingConfig(temperature=0.0, max_new_tokens=1024)
         self.log_samples = log_samples
         self.validate_at_start = validate_at_start
+        if isinstance(lora, dict):  # from a checkpoint's hyperparameters
+            lora = LoRAConfig(**lora)
+        if isinstance(quantization, dict):
+            quantization = QuantizationConfig(**quantization)
+        if quantization is not None and lora is None:
+            raise ValueError(
+                "model.init_args.quantization needs model.init_args.lora: a 4-bit base is frozen, "
+                "only adapters train on it (add lora: {rank: 16})"
+            )
+        self.quantization = quantization
         self._load_kwargs = {
             "dtype": dtype,
             "attn_implementation": attn_implementation,
             "gradient_checkpointing": gradient_checkpointing,
             "trust_remote_code": trust_remote_code,
+            "quantization": quantization,
         }
         # The model is loaded now so checkpoints restore into it; FSDP2 shards it in configure_model.
         model, self.tokenizer = load_model_and_tokenizer(model_name_or_path, **self._load_kwargs)
         model.train()  # from_pretrained returns eval mode, which also disables HF checkpointing
-        if isinstance(lora, dict):  # from a checkpoint's hyperparameters
-            lora = LoRAConfig(**lora)
         self.lora = lora
         if lora is not None:
             model = apply_lora(model, lora)
@@ -127,6 +141,10 @@ class PolicyModule(L.LightningModule):
                 f"the checkpoint lacks {len(missing)} adapter tensors of this LoRA model (e.g. "
                 f"{missing[0]}): it was written with other lora settings or without lora"
             )
+
+    def setup(self, stage: str) -> None:
+        if self.quantization is not None:
+            check_quantized_device(self.trainer.strategy.root_device, self.trainer.world_size)
 
     def configure_model(self) -> None:
         """FSDP2 (Lightning ``ModelParallelStrategy``): shard each decoder layer, then the root."""

@@ -8,12 +8,15 @@ the per-pair ratios, the raw times, peak memory and the load average:
     python tests/bench/trl_compare.py                      # random-init tiny Qwen2 (~3 M parameters)
     python tests/bench/trl_compare.py --model DIR          # e.g. SmolLM2-135M-Instruct (smaller work)
     python tests/bench/trl_compare.py --only gen --pairs 5 --json out.json
+    python tests/bench/trl_compare.py --model DIR --only grpo --lora 16 --kl 0.04   # TRL + peft
 
 The work (defaults for the tiny model; a DIR gets smaller sizes, see --help):
 - **grpo**: P prompts (GSM8K test questions) × G samples × exactly N new tokens (EOS suppressed on
   both sides: ``min_new_tokens``), a cheap reward (digit fraction), one AdamW step of grpo_clip in
   4 micro-batches, no reference model (``--kl 0.04`` loads one on each side: kl_coef / beta), no
-  gradient checkpointing (TRL: ``--trl_checkpointing`` adds its default). Time per round, measured over rounds 2..R+1 (round 1 warms up).
+  gradient checkpointing (TRL: ``--trl_checkpointing`` adds its default). ``--lora R``: both
+  sides train rank-R adapters (alpha 2R, every linear projection but the LM head, peft) at
+  lr 1e-4; the reference is the base with the adapters off on both sides. Time per round, measured over rounds 2..R+1 (round 1 warms up).
 - **sft**: GSM8K train question/answer pairs of 100–300 tokens, batch 16, response-only loss, one
   epoch; total non-pad tokens ÷ wall time of the epoch (first step included on both sides).
 - **gen**: ``HFEngine.generate`` vs ``model.generate`` on the same model copy, same prompts, same
@@ -65,7 +68,7 @@ def spawn(a: argparse.Namespace, work: str, side: str, workdir: str) -> dict:
     cmd += ["--prompts", str(a.prompts), "--group", str(a.group)]
     cmd += ["--new_tokens", str(a.new_tokens), "--rounds", str(a.rounds)]
     cmd += ["--trl_checkpointing"] * a.trl_checkpointing + ["--greedy"] * a.greedy
-    cmd += ["--kl", str(a.kl)]
+    cmd += ["--kl", str(a.kl), "--lora", str(a.lora)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL if not a.verbose else None)
     return json.loads(result.read_text())
@@ -137,6 +140,7 @@ def main() -> None:
     p.add_argument("--sft_examples", type=int, default=None, help="SFT pairs (tiny 512, DIR 32)")
     p.add_argument("--trl_checkpointing", action="store_true", help="TRL's default: on")
     p.add_argument("--kl", type=float, default=0.0, help="GRPO KL coefficient (> 0: a reference)")
+    p.add_argument("--lora", type=int, default=0, help="GRPO: LoRA rank on both sides (0: full)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--verbose", action="store_true")
     # worker-only
@@ -178,6 +182,7 @@ def run(a: argparse.Namespace, workdir: str) -> None:
     print(f"model {a.model}: {params / 1e6:.1f} M parameters, vocab {config.vocab_size}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     results: dict = {"model": a.model, "parameters": params, "load_before": os.getloadavg()}
+    results["lora"], results["kl"] = a.lora, a.kl
     for work in a.only:
         if work == "gen":
             a.greedy = real
@@ -205,8 +210,10 @@ def table(r: dict) -> str:
     lines = ["| work | lit_align | peer | ratio | peak RSS ours / TRL |", "|---|---|---|---|---|"]
     if "grpo" in r:
         g = r["grpo"]
+        what = "GRPO round" + (f", LoRA r{r['lora']} (TRL + peft)" if r["lora"] else "")
+        what += f", KL {r['kl']}" if r["kl"] else ""
         lines.append(
-            f"| GRPO round | {g['ours_s']:.2f} s | TRL {g['trl_s']:.2f} s | "
+            f"| {what} | {g['ours_s']:.2f} s | TRL {g['trl_s']:.2f} s | "
             f"{g['time_ratio']:.2f}× TRL's time | {g['ours_peak_gib']:.2f} / {g['trl_peak_gib']:.2f} GiB |"
         )
     if "sft" in r:

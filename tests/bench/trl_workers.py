@@ -23,6 +23,11 @@ def digit_fraction(text: str) -> float:
     return sum(ch.isdigit() for ch in text) / max(len(text), 1)
 
 
+def learning_rate(a: argparse.Namespace) -> float:
+    """The GRPO learning rate of both sides: 1e-6 for full fine-tuning, 1e-4 for adapters."""
+    return 1e-4 if a.lora else 1e-6
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
@@ -73,12 +78,15 @@ def grpo_ours(a: argparse.Namespace) -> dict:
         def on_train_epoch_end(self, trainer, module):
             ends.append(time.perf_counter())
 
+    from lit_align.lora import LoRAConfig
+
     rows = a.prompts * a.group
     module = GRPOModule(
         a.model,
         dtype="float32",
-        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=learning_rate(a)),
         loss=LossConfig(kl_coef=a.kl),
+        lora=LoRAConfig(rank=a.lora, alpha=2.0 * a.lora) if a.lora else None,
     )
     dm = RolloutDataModule(
         train_source=str(DATA / "test.jsonl"),
@@ -124,14 +132,22 @@ def grpo_trl(a: argparse.Namespace) -> dict:
         output_dir=a.workdir, per_device_train_batch_size=a.prompts * a.group // 4,
         gradient_accumulation_steps=4, num_generations=a.group, max_completion_length=a.new_tokens,
         generation_kwargs={"min_new_tokens": a.new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
-        learning_rate=1e-6, loss_type="grpo", beta=a.kl, max_steps=a.rounds + 1, bf16=False,
+        learning_rate=learning_rate(a), loss_type="grpo", beta=a.kl, max_steps=a.rounds + 1, bf16=False,
         gradient_checkpointing=a.trl_checkpointing, logging_steps=1, report_to="none",
         save_strategy="no", disable_tqdm=True, model_init_kwargs={"dtype": "float32"},
     )  # fmt: skip
+    peft = None
+    if a.lora:  # the same adapters as ours: every linear projection but the LM head
+        from peft import LoraConfig
+
+        peft = LoraConfig(
+            r=a.lora, lora_alpha=2.0 * a.lora, lora_dropout=0.0, target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
     trainer = GRPOTrainer(
         model=a.model, reward_funcs=reward, args=config,
         train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
-        callbacks=[RoundTimes()],
+        callbacks=[RoundTimes()], peft_config=peft,
     )  # fmt: skip
     trainer.train()
     return {"seconds": statistics.median(b - e for e, b in itertools.pairwise(ends))}

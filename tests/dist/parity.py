@@ -2,7 +2,8 @@
 
     python tests/dist/parity.py --task grpo --mode ddp --out weights.pt
 
-``grpo_vllm`` is the GRPO job with a colocated vLLM engine on each rank (needs vLLM).
+``grpo_vllm`` is the GRPO job with a colocated vLLM engine on each rank (needs vLLM);
+``grpo_lora`` trains LoRA adapters (rank 4) with a KL term (the reference: the adapters off).
 
 Saves the final full weights (rank 0). tests/test_distributed.py runs every mode and compares.
 The global batch is the same in every mode: one process accumulates twice as many micro-batches.
@@ -21,6 +22,7 @@ import torch  # noqa: E402
 
 from lit_align.cli import close_process_group  # noqa: E402
 from lit_align.data import RolloutDataModule, SFTDataModule  # noqa: E402
+from lit_align.lora import LoRAConfig  # noqa: E402
 from lit_align.losses import LossConfig  # noqa: E402
 from lit_align.modules import GRPOModule, SFTModule  # noqa: E402
 from lit_align.rewards import RewardEvaluator  # noqa: E402
@@ -59,9 +61,13 @@ VLLM_ENGINE = EngineConfig(
 
 
 def build(task: str):
-    if task in ("grpo", "grpo_vllm"):
+    if task in ("grpo", "grpo_vllm", "grpo_lora"):
         vllm = task == "grpo_vllm"
-        module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, loss=LossConfig("grpo_clip"))
+        if task == "grpo_lora":
+            lora = {"lora": LoRAConfig(rank=4, alpha=8.0), "loss": LossConfig("grpo_clip", kl_coef=0.05)}
+        else:
+            lora = {"loss": LossConfig("grpo_clip")}
+        module = GRPOModule(VLLM_TINY if vllm else "tiny", dtype="float32", optimizer=_sgd, **lora)
         data = RolloutDataModule(
             train_source="synthetic:addition", template="demo", synthetic_size=64, group_size=4,
             rollout_batch_size=16, train_batch_size=16, micro_batch_size=MICRO, sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1),
@@ -87,7 +93,7 @@ def strategy(mode: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=["sft", "grpo", "grpo_vllm"], required=True)
+    parser.add_argument("--task", choices=["sft", "grpo", "grpo_lora", "grpo_vllm"], required=True)
     parser.add_argument("--mode", choices=["single", "ddp", "fsdp2"], required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -103,13 +109,16 @@ def main() -> None:
     trainer.fit(module, data)
     state = {k: v.detach().float().cpu().clone() for k, v in full_state_items(module.model)}  # every rank gathers
     result = {"weights": state, "global_step": trainer.global_step}
-    if args.task == "grpo":  # after the last round's sync the engine holds the final policy
+    if args.task in ("grpo", "grpo_lora"):  # after the last round's sync the engine holds the final policy
         engine = trainer.datamodule.engine
         from lit_align.engines.weights import sync_weights
+        from lit_align.lora import is_lora, merged_items
 
         sync_weights(engine, module.model, trainer.global_step)
         engine_state = engine.model.state_dict()
-        result["engine_max_diff"] = max((engine_state[k].float() - v).abs().max().item() for k, v in state.items())
+        # LoRA: the HF engine holds a plain copy with each adapter merged in (Hugging Face names).
+        want = dict(merged_items(module.model)) if is_lora(module.model) else state
+        result["engine_max_diff"] = max((engine_state[k].float() - v.float()).abs().max().item() for k, v in want.items())
     if args.task == "grpo_vllm":  # the engine's log-probs are the final policy's
         result["engine_max_diff"] = _vllm_gap(trainer.datamodule.engine, module, state, trainer.global_step)
     if trainer.global_rank == 0:
