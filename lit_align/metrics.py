@@ -20,6 +20,8 @@ __all__ = [
     "EI_SOLVED_FRAC",
     "EI_UNSOLVED",
     "ENGINE_MISMATCH",
+    "ENVIRONMENT_TOKENS",
+    "EPISODE_TRUNCATED_FRAC",
     "GEN_TOKENS_PER_S",
     "GRADER_TIMEOUTS",
     "GRADER_TIMEOUTS_KEY",
@@ -49,9 +51,13 @@ __all__ = [
     "TIME",
     "TOKENS_PER_S",
     "TOKEN_ENTROPY",
+    "TOOL_CALLS",
+    "TOOL_CALL_RATE",
+    "TOOL_ERRORS",
     "TRAIN",
     "TRAIN_S",
     "TRAIN_TOKENS_PER_S",
+    "TURNS",
     "VAL",
     "VAL_ACCURACY",
     "VAL_ENTROPY",
@@ -87,6 +93,13 @@ KEPT_FRAC = "rollout/kept_frac"  # samples that count in the loss after the filt
 ZERO_VARIANCE_GROUP_FRAC = "rollout/zero_variance_group_frac"  # groups with equal rewards
 REWARD_STD_IN_GROUP = "rollout/reward_std_in_group"
 GEN_TOKENS_PER_S = "rollout/gen_tokens_per_s"
+# rollout/: multi-turn episodes (a round with an environment)
+TURNS = "rollout/turns_per_episode"
+TOOL_CALLS = "rollout/tool_calls_per_episode"
+TOOL_CALL_RATE = "rollout/tool_call_episode_frac"  # episodes with at least one tool call
+TOOL_ERRORS = "rollout/tool_errors"  # rollout/tool_errors/<kind>: a round's count of each kind
+ENVIRONMENT_TOKENS = "rollout/environment_tokens_per_episode"
+EPISODE_TRUNCATED_FRAC = "rollout/episode_truncated_frac"
 # val/: validation by generation (val/<key> of PER_RECORD)
 VAL_ACCURACY = "val/accuracy"
 VAL_ENTROPY = "val/token_entropy"

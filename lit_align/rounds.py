@@ -16,6 +16,8 @@ import torch
 
 from lit_align.advantages import BaselineType, constant_groups, group_advantages
 from lit_align.engines.base import RolloutEngine, SamplingConfig
+from lit_align.environments.base import Environment
+from lit_align.environments.episodes import episode_metrics, run_episodes
 from lit_align.grading import grade_completions
 from lit_align.metrics import (
     GEN_TOKENS_PER_S,
@@ -31,12 +33,19 @@ from lit_align.metrics import (
 )
 from lit_align.rewards.evaluators import RewardEvaluator
 
-__all__ = ["ADVANTAGE_FIELDS", "AdvantageConfig", "Rollout", "Round", "run_round"]
+__all__ = [
+    "ADVANTAGE_FIELDS",
+    "AdvantageConfig",
+    "EpisodeSettings",
+    "Rollout",
+    "Round",
+    "run_round",
+]
 
 
 @dataclass
 class Rollout:
-    """One sampled completion with what the loss needs."""
+    """One sampled completion (or multi-turn episode) with what the loss needs."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -45,6 +54,14 @@ class Rollout:
     rollout_log_probs: list[float]
     keep: bool  # counts in the loss (filters may drop it)
     truncated: bool
+    # Per completion token, 1 if the model sampled it, 0 if an environment added it (tool
+    # results: inputs only, never trained on). None: every token was sampled (single turn).
+    sampled: list[int] | None = None
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Tokens that count in the loss's token normalizer."""
+        return sum(self.sampled) if self.sampled is not None else len(self.completion_ids)
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,17 @@ ADVANTAGE_FIELDS = frozenset(f.name for f in fields(AdvantageConfig))
 
 
 @dataclass
+class EpisodeSettings:
+    """What a multi-turn round needs besides the engine: the environment, the data rows it
+    reads, the tokenizer that renders its messages, the episode's token budget."""
+
+    environment: Environment | None = None
+    examples: Sequence[Any] | None = None
+    tokenizer: Any = None
+    max_total_tokens: int | None = None
+
+
+@dataclass
 class Round:
     """A generated, graded round: ``samples`` and ``records`` are aligned, prompt-major."""
 
@@ -97,17 +125,25 @@ def run_round(
     answers: Sequence[Any],
     sampling: SamplingConfig,
     advantages: AdvantageConfig | None = None,
+    episodes: EpisodeSettings | None = None,
 ) -> Round:
-    """Generate ``sampling.n`` completions per prompt, grade them, compute group advantages.
+    """Generate ``sampling.n`` episodes per prompt (one completion each, by default), grade
+    them, compute group advantages.
 
-    The engine is woken for generation and put back to sleep before grading.
+    The engine is woken for generation and put back to sleep before grading. ``episodes``: the
+    environment that answers between turns and what it needs (multi-turn rounds).
     """
     options = advantages or AdvantageConfig()
+    setting = episodes or EpisodeSettings()
     engine.wake_up()
     start = time.perf_counter()
-    completions = engine.generate(prompt_ids, sampling)
+    done = run_episodes(
+        engine, prompt_ids, sampling, setting.environment, setting.examples, setting.tokenizer,
+        setting.max_total_tokens,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     engine.sleep()
+    completions = [e.completion() for e in done]
 
     G = sampling.n
     records, scores, reward_metrics = grade_completions(evaluator, prompts, answers, completions, G)
@@ -132,9 +168,12 @@ def run_round(
                 list(c.log_probs),
                 not dropped,
                 truncated,
+                done[k].sampled if done[k].environment_tokens else None,
             )
         )
     metrics = _round_metrics(samples, records, reward_metrics, adv_metrics, seconds)
+    if setting.environment is not None:  # turns, tool calls, environment tokens, truncation
+        metrics.update(episode_metrics(done))
     metrics[GRADER_TIMEOUTS] = timeouts
     return Round(samples, records, metrics)
 
@@ -149,7 +188,7 @@ def _round_metrics(
     summary = summarize_records(records)
     summary.pop("reward_mean")  # the evaluator's reward metrics hold it (rollout/reward)
     metrics = prefixed(ROLLOUT, {**reward_metrics, **summary})
-    tokens = sum(len(s.completion_ids) for s in samples)
+    tokens = sum(s.sampled_tokens for s in samples)
     metrics.update(
         {
             KEPT_FRAC: sum(s.keep for s in samples) / max(len(samples), 1),

@@ -53,7 +53,8 @@ class RolloutBuffer(Dataset):
         """(index, sequence normalizer, token normalizer) items → a micro-batch.
 
         Returns ``input_ids``/``labels`` (B, L), ``response_mask`` (B, L) (zero for dropped
-        samples), ``completion_mask`` (B, L), ``advantages``/``raw_rewards`` (B, 1),
+        samples), ``completion_mask`` (B, L) (1 on the tokens the model sampled: an episode's
+        environment tokens are 0), ``advantages``/``raw_rewards`` (B, 1),
         ``rollout_log_probs`` (B, L), stored per-round log-probs, the normalizers and ``indices``.
         """
         keys = [(k, None, None) if isinstance(k, int) else k for k in items]
@@ -69,7 +70,10 @@ class RolloutBuffer(Dataset):
             seq = r.prompt_ids + r.completion_ids
             full[b, : len(seq)] = torch.tensor(seq)
             span = slice(len(r.prompt_ids) - 1, len(r.prompt_ids) - 1 + len(r.completion_ids))
-            completion_mask[b, span] = 1.0
+            # An episode's environment tokens are inputs only: no loss, no log-probs (mask 0).
+            completion_mask[b, span] = (
+                torch.tensor(r.sampled, dtype=torch.float) if r.sampled else 1.0
+            )
             if r.rollout_log_probs:
                 rollout_lp[b, span] = torch.tensor(r.rollout_log_probs)
             for name, table in stored.items():
@@ -118,7 +122,7 @@ class StepBatchSampler(Sampler[list[tuple[int, float, float]]]):
         kept = [[buffer.samples[i] for i in step if buffer.samples[i].keep] for step in self.steps]
         # (steps, 2): sequences and tokens that count in the loss, on this rank
         self.step_counts = torch.tensor(
-            [[len(k), sum(len(r.completion_ids) for r in k)] for k in kept], dtype=torch.float64
+            [[len(k), sum(r.sampled_tokens for r in k)] for k in kept], dtype=torch.float64
         )
         self.normalizers = self.step_counts.clamp(min=1)  # single process, accumulation 1
 

@@ -124,9 +124,14 @@ class RolloutEngine(Protocol):
         ...
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
-        """n completions per prompt, prompt-major: ``[p0s0, p0s1, …, p1s0, …]``."""
+        """n completions per prompt, prompt-major: ``[p0s0, p0s1, …, p1s0, …]``. ``seeds`` (one
+        per prompt) replaces ``sampling.seed`` prompt by prompt: an episode's later turns draw
+        from a stream of their own even when two transcripts are equal so far."""
         ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:

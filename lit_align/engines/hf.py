@@ -253,9 +253,13 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
-        """``sampling.n`` completions per prompt, prompt-major."""
+        """``sampling.n`` completions per prompt, prompt-major; ``seeds``: one per prompt, in
+        place of ``sampling.seed``."""
         if any(len(p) == 0 for p in prompt_token_ids):
             raise ValueError("every prompt needs at least one token")
         device = next(self.model.parameters()).device
@@ -275,12 +279,17 @@ class HFEngine:
             for i, p in enumerate(rows):  # left padding: generation continues every row
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
-            seeds = None
+            row_seeds = None
             if sampling.temperature > 0:
-                seeds = [row_seed(sampling.seed, p, j) for p in batch for j in range(sampling.n)]
+                bases = seeds[start : start + len(batch)] if seeds else [sampling.seed] * len(batch)
+                row_seeds = [
+                    row_seed(base, p, j)
+                    for base, p in zip(bases, batch, strict=True)
+                    for j in range(sampling.n)
+                ]
             eos = sorted(self._eos_ids)
             sampler = _StepSampler(
-                seeds,
+                row_seeds,
                 sampling.temperature,
                 sampling.top_p,
                 sampling.min_new_tokens,

@@ -324,9 +324,13 @@ class VLLMEngine:
     # ------------------------------------------------------------------ generation
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
-        """All prompts in one call: vLLM's scheduler batches them continuously."""
+        """All prompts in one call: vLLM's scheduler batches them continuously; ``seeds``: one
+        per prompt, in place of ``sampling.seed``."""
         if self._sampling_params_cls is None or self._tokens_prompt_cls is None:
             from vllm import SamplingParams, TokensPrompt
 
@@ -334,11 +338,10 @@ class VLLMEngine:
         self.wake_up()
         # One seed per prompt, from (seed, prompt tokens), as in the HF engine: a prompt's samples
         # depend on the seed alone, not on its batch; vLLM gives sample j the seed + j.
+        bases = list(seeds) if seeds else [sampling.seed] * len(prompt_token_ids)
         params = [
-            self._sampling_params_cls(
-                **sampling_kwargs(sampling, row_seed(sampling.seed, ids, 0) >> 2)
-            )
-            for ids in prompt_token_ids
+            self._sampling_params_cls(**sampling_kwargs(sampling, row_seed(base, ids, 0) >> 2))
+            for base, ids in zip(bases, prompt_token_ids, strict=True)
         ]
         prompts = [self._tokens_prompt_cls(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         if self.serves_adapters and self._adapter is None:

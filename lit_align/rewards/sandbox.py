@@ -1,4 +1,6 @@
-"""A persistent pool of grading subprocesses with a hard per-answer time limit.
+"""A persistent pool of sandbox subprocesses with a hard per-task time limit: the graders
+(``lit_align.rewards._worker``, math-verify) and the python tool (``lit_align.rewards._python_worker``,
+model-written code, one forked child per call).
 
 Why subprocesses started with ``subprocess.Popen`` (not ``multiprocessing``): they can be started
 from any thread, from forked DataLoader workers (which are daemonic and may not have
@@ -23,10 +25,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GradingPool", "get_pool", "timeouts_in_this_thread"]
+__all__ = ["GradingPool", "get_pool", "python_pool", "timeouts_in_this_thread"]
 
 
 # Environment variables a grader subprocess inherits; everything else is dropped.
@@ -46,7 +49,8 @@ class _Worker:
 
 
 class GradingPool:
-    """Grades (answer, gold) pairs of normalized strings in sandboxed worker processes.
+    """Runs tasks in sandboxed worker processes: grading (answer, gold) pairs of normalized
+    strings (:meth:`verify_many`), or any worker's JSON tasks (:meth:`run_many`).
 
     Concurrent callers (threads) do not wait for each other's batches: each call checks out idle
     workers (up to ``num_workers``), or starts new ones up to ``max_workers`` in all, and returns
@@ -64,6 +68,9 @@ class GradingPool:
         max_workers: workers alive at most, over all concurrent calls (default max(8, num_workers)).
         budget_s: a time budget for one call: answers still pending when it runs out score
             False and are counted (``budget_timeouts``); None: no budget.
+        worker: the worker's module (``python -m``); it prints ``{"ready": true}``, then one
+            ``{"i": id, "r": result}`` line per ``{"i": id, …}`` task line.
+        failed: the result of a task that timed out, crashed its worker or ran out of budget.
     """
 
     def __init__(
@@ -75,6 +82,8 @@ class GradingPool:
         startup_timeout_s: float = 60.0,
         max_workers: int | None = None,
         budget_s: float | None = None,
+        worker: str = "lit_align.rewards._worker",
+        failed: Any = False,
     ) -> None:
         self.num_workers = num_workers or max(1, min(2, os.cpu_count() or 1))
         self.max_workers = max(max_workers or 8, self.num_workers)
@@ -83,6 +92,8 @@ class GradingPool:
         self.window = window
         self.startup_timeout_s = startup_timeout_s
         self.budget_s = budget_s
+        self.worker = worker
+        self.failed = failed
         self.stats = {
             "graded": 0, "timeouts": 0, "budget_timeouts": 0, "crashes": 0, "restarts": 0,
         }  # fmt: skip
@@ -105,7 +116,7 @@ class GradingPool:
             OMP_NUM_THREADS="1",
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lit_align.rewards._worker"],
+            [sys.executable, "-m", self.worker],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -185,6 +196,15 @@ class GradingPool:
         a timeout, crash or parse failure is False, and timeouts are counted in ``stats`` and in
         :func:`timeouts_in_this_thread`.
         """
+        payloads = [
+            {"a": t[0], "g": t[1], **({"ra": t[2], "rg": t[3]} if len(t) == 4 else {})}
+            for t in tasks
+        ]
+        return [bool(r) for r in self.run_many(payloads, budget_s)]
+
+    def run_many(self, tasks: list[dict[str, Any]], budget_s: float | None = None) -> list[Any]:
+        """Each task's result from the workers (the task dict is sent with its ``i`` added);
+        a task that times out, crashes its worker or runs out of the budget gets ``failed``."""
         if not tasks:
             return []
         budget = self.budget_s if budget_s is None else budget_s
@@ -228,16 +248,17 @@ class _Call:
         self,
         pool: GradingPool,
         workers: list[_Worker],
-        tasks: list[tuple[str, ...]],
+        tasks: list[dict[str, Any]],
         deadline: float | None,
     ) -> None:
         self.pool, self.workers, self.tasks, self.deadline = pool, workers, tasks, deadline
-        self.results: list[bool | None] = [None] * len(tasks)
+        self.results: list[Any] = [None] * len(tasks)
+        self.done = [False] * len(tasks)
         self.pending: deque[int] = deque(range(len(tasks)))
         self.limit = pool.timeout_s * _load_factor()
 
-    def run(self) -> list[bool]:
-        while any(r is None for r in self.results):
+    def run(self) -> list[Any]:
+        while not all(self.done):
             now = time.monotonic()
             if self.deadline is not None and now > self.deadline:
                 self._out_of_budget()
@@ -247,13 +268,10 @@ class _Call:
             self._watch()
         with self.pool._cond:
             self.pool.stats["graded"] += len(self.tasks)
-        return [bool(r) for r in self.results]
+        return self.results
 
     def _send(self, worker: _Worker, task_id: int) -> bool:
-        task = self.tasks[task_id]
-        msg = {"i": task_id, "a": task[0], "g": task[1]}
-        if len(task) == 4:
-            msg.update(ra=task[2], rg=task[3])
+        msg = {**self.tasks[task_id], "i": task_id}
         try:
             assert worker.proc.stdin is not None
             worker.proc.stdin.write((json.dumps(msg) + "\n").encode())
@@ -292,8 +310,11 @@ class _Call:
                     worker.ready, worker.since = True, now
                     self.pool._failed_starts = 0
                     continue
-                self.results[worker.inflight.popleft()] = bool(msg["r"])
+                self._finish(worker.inflight.popleft(), msg["r"])
                 worker.since = now
+
+    def _finish(self, task_id: int, result: Any) -> None:
+        self.results[task_id], self.done[task_id] = result, True
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -313,20 +334,20 @@ class _Call:
             pool._failed_starts += 1
             if pool._failed_starts >= 3:
                 raise RuntimeError(
-                    "grading workers fail to start (`python -m lit_align.rewards._worker`); "
-                    "check that math-verify is installed in this environment"
+                    f"sandbox workers fail to start (`python -m {pool.worker}`); check that "
+                    "lit_align (and math-verify, for grading) is installed in this environment"
                 )
         pool._count("restarts")
         if worker.inflight:
-            self.results[worker.inflight.popleft()] = False
+            self._finish(worker.inflight.popleft(), pool.failed)
             pool._count(kind)
         self.pending.extendleft(reversed(worker.inflight))
         self.workers[self.workers.index(worker)] = pool._spawn()
 
     def _out_of_budget(self) -> None:
-        missing = [i for i, r in enumerate(self.results) if r is None]
+        missing = [i for i, done in enumerate(self.done) if not done]
         for i in missing:
-            self.results[i] = False
+            self._finish(i, self.pool.failed)
         self.pool._count("budget_timeouts", len(missing))
         log.warning(
             "grading budget ran out: %d of %d answers scored 0 (raise the budget, "
@@ -345,10 +366,13 @@ _POOL: GradingPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
+_PYTHON_POOL: GradingPool | None = None
+
+
 def _reset_after_fork() -> None:
     # A lock held by another thread at fork time would never be released in the child.
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+    global _POOL, _POOL_LOCK, _PYTHON_POOL
+    _POOL, _POOL_LOCK, _PYTHON_POOL = None, threading.Lock(), None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -371,3 +395,19 @@ def get_pool() -> GradingPool:
                 budget_s=float(os.environ.get("LIT_ALIGN_GRADER_BUDGET_S", "300")) or None,
             )
         return _POOL
+
+
+def python_pool() -> GradingPool:
+    """The process-wide pool of python-tool workers (``lit_align.rewards._python_worker``), created
+    on first use. Each worker enforces a call's own time limit on the child it forks; the pool's
+    limit (60 s) only catches a worker that stops answering."""
+    global _PYTHON_POOL
+    with _POOL_LOCK:
+        if _PYTHON_POOL is None or _PYTHON_POOL._pid != os.getpid():
+            _PYTHON_POOL = GradingPool(
+                num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
+                timeout_s=60.0,
+                worker="lit_align.rewards._python_worker",
+                failed={"output": "", "error": "crash"},
+            )
+        return _PYTHON_POOL

@@ -1,0 +1,59 @@
+"""The environment protocol: what answers the model between its turns.
+
+An episode is one sample of one prompt: the model writes a turn, the environment replies (tool
+results, a user message) or says it is done, and so on up to ``max_turns``. The reward still
+comes from the task's evaluator, on the whole episode, as for a single turn. Environments are
+pure functions of (example, the model's turns so far): nothing to save in a checkpoint, and a
+resumed round replays exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Environment", "Reply", "SingleTurn"]
+
+
+@dataclass
+class Reply:
+    """The environment's answer to the model's latest turn.
+
+    Attributes:
+        messages: chat messages it adds (``{"role": "tool", "name": …, "content": …}``); none:
+            the episode is done.
+        events: what happened, counted (``tool_calls``, ``tool_errors/timeout``…), summed into
+            the round's metrics.
+    """
+
+    messages: list[dict[str, str]] = field(default_factory=list)
+    events: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def done(self) -> bool:
+        return not self.messages
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """Replies to the model's turns, for many episodes at once (so tools can run in parallel).
+
+    ``respond`` gets, per live episode, its example (the data row: question, answer…) and the
+    model's turn texts so far (the last one is new), and returns one :class:`Reply` each.
+    """
+
+    max_turns: int
+
+    def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]: ...
+
+
+@dataclass(frozen=True)
+class SingleTurn:
+    """One prompt, one completion: done after the model's first turn (the default)."""
+
+    max_turns: int = 1
+
+    def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]:
+        return [Reply() for _ in episodes]
