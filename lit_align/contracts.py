@@ -27,7 +27,7 @@ from torch import nn
 
 from lit_align.engines.base import RolloutEngine, SamplingConfig
 from lit_align.rewards.evaluators import RewardEvaluator
-from lit_align.rounds import Round
+from lit_align.rounds import EpisodeSettings, Round
 
 __all__ = [
     "PolicySource",
@@ -76,7 +76,13 @@ class TaskData(Protocol):
         ...
 
     def task_sampling(self, sampling: SamplingConfig) -> SamplingConfig:
-        """``sampling`` with the task's defaults filled in (stop strings when it names none)."""
+        """``sampling`` with the task's defaults filled in (stop strings when it names none,
+        and the environment's, which end a turn at a tool call)."""
+        ...
+
+    def episode_settings(self, examples: Sequence[Any]) -> EpisodeSettings:
+        """What episodes of these examples need: the environment (None: one completion per
+        sample), the examples, the tokenizer, the token budget."""
         ...
 
     def val_dataloader(self) -> Any:

@@ -124,3 +124,36 @@ def check_demo_accuracy(scalars: dict[str, list[float]], figure_name: str) -> li
     assert len(acc) >= 2 and acc[-1] - acc[0] >= 0.2, acc
     assert abs(acc[-1] - figure(figure_name)) <= 0.05, acc  # the README's
     return acc
+
+
+# A turn of the random tiny model ends (finish "stop", as a real model's turn ends at
+# </tool_call>) at the first sampled token holding one of these characters: short turns.
+SHORT_TURNS = list("aeiou0123456789 ")
+
+
+class ScriptedEnvironment:
+    """An environment for tests: answers each of an episode's first ``replies`` turns with a
+    tool message naming the turn, then is done (deterministic, like every environment)."""
+
+    tool_schemas: tuple = ()
+    stop: tuple = ()
+
+    def __init__(self, max_turns: int = 3, replies: int = 2) -> None:
+        self.max_turns = max_turns
+        self.replies = replies
+        self.answered = 0  # turns it was asked about
+
+    def respond(self, episodes: Any) -> list[Any]:
+        from collections import Counter
+
+        from lit_align.environments import Reply
+
+        out = []
+        self.answered += len(episodes)
+        for _, turns in episodes:
+            if len(turns) > self.replies:
+                out.append(Reply())
+                continue
+            message = {"role": "tool", "name": "echo", "content": f"result {len(turns)}"}
+            out.append(Reply([message], Counter(tool_calls=1)))
+        return out

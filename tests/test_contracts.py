@@ -23,7 +23,7 @@ from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.engines import EngineConfig, SamplingConfig, build_engine, sync_weights
 from lit_align.models import build_tiny_model, build_tiny_tokenizer
 from lit_align.modules import GRPOModule
-from lit_align.rounds import Rollout
+from lit_align.rounds import EpisodeSettings, Rollout
 from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
 
 
@@ -54,6 +54,9 @@ class HandMadeRounds(L.LightningDataModule):
 
     def task_sampling(self, sampling: SamplingConfig) -> SamplingConfig:
         return sampling
+
+    def episode_settings(self, examples):
+        return EpisodeSettings(examples=examples)  # one completion per sample
 
     def val_dataloader(self):
         return []

@@ -3,7 +3,6 @@ tokens masked out of the loss in every aggregation; the environment's limits."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -12,31 +11,16 @@ import torch
 from lit_align.aggregation import AGGREGATIONS
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.engines import HFEngine, SamplingConfig
-from lit_align.environments import Reply, SingleTurn
+from lit_align.environments import SingleTurn
 from lit_align.environments.episodes import episode_metrics, render_reply, run_episodes
 from lit_align.losses import LossConfig, policy_loss
 from lit_align.ops import get_response_log_probs
 from lit_align.rounds import Rollout
+from tests.helpers import SHORT_TURNS, ScriptedEnvironment
 
 
-class Scripted:
-    """Replies ``turns_before_done`` times with a tool message naming the turn, then done."""
-
-    def __init__(self, max_turns: int = 3, turns_before_done: int = 2) -> None:
-        self.max_turns = max_turns
-        self.turns_before_done = turns_before_done
-        self.seen: list[list[str]] = []
-
-    def respond(self, episodes):
-        replies = []
-        for _, turns in episodes:
-            self.seen.append(list(turns))
-            if len(turns) > self.turns_before_done:
-                replies.append(Reply())
-                continue
-            message = {"role": "tool", "name": "echo", "content": f"result {len(turns)}"}
-            replies.append(Reply([message], Counter(tool_calls=1)))
-        return replies
+def Scripted(max_turns: int = 3, turns_before_done: int = 2) -> ScriptedEnvironment:
+    return ScriptedEnvironment(max_turns, turns_before_done)
 
 
 @pytest.fixture
@@ -44,9 +28,7 @@ def engine(tiny_model, tiny_tokenizer):
     return HFEngine.from_policy(tiny_model.float(), tiny_tokenizer)
 
 
-# A turn ends (finish "stop", as at a real model's </tool_call>) at the first sampled token that
-# holds one of these characters: the random tiny model writes short turns.
-ENDS = list("aeiou0123456789 ")
+ENDS = SHORT_TURNS
 
 
 def _prompts(tokenizer):
@@ -215,3 +197,27 @@ def test_environment_tokens_get_zero_gradient_in_every_aggregation(aggregation, 
     assert grad[0, 3:6].abs().sum() == 0  # the three environment tokens
     assert grad[0, [1, 2, 6, 7]].abs().min() > 0  # the four sampled ones
     assert grad[batch["completion_mask"] == 0].abs().sum() == 0  # nothing outside them
+
+
+def test_validation_runs_episodes_with_the_tasks_environment(tmp_path):
+    from lit_align.modules import GRPOModule
+    from tests.helpers import cpu_trainer, tiny_rollout_data
+
+    env = ScriptedEnvironment()
+    data = tiny_rollout_data(
+        environment=env, val_source="synthetic:addition", val_limit=4, val_batch_size=4
+    )
+    module = GRPOModule(
+        "tiny",
+        dtype="float32",
+        val_sampling=SamplingConfig(temperature=1.0, max_new_tokens=6, stop=SHORT_TURNS),
+    )
+    cpu_trainer(default_root_dir=tmp_path, limit_val_batches=1).validate(module, data)
+    assert env.answered >= 4  # every validation episode's first turn was answered
+
+
+def test_expert_iteration_refuses_an_environment():
+    from lit_align.data import ExpertIterationDataModule
+
+    with pytest.raises(ValueError, match=r"multi-turn episodes .* train with GRPO"):
+        ExpertIterationDataModule("synthetic:addition", environment=ScriptedEnvironment())

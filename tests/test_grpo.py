@@ -15,7 +15,13 @@ from lit_align.modules import GRPOModule
 from lit_align.quantization import QuantizationConfig
 from lit_align.rewards import RewardEvaluator
 from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig
-from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
+from tests.helpers import (
+    SHORT_TURNS,
+    DistinctCharacters,
+    ScriptedEnvironment,
+    cpu_trainer,
+    tiny_rollout_data,
+)
 
 
 def _dm(**kw):
@@ -273,14 +279,23 @@ def test_sample_logger_writes_text_only_and_round_statistics_stay_whole(tmp_path
         {},
         {"lora": LoRAConfig(rank=4, alpha=8.0), "kl_coef": 0.05},
         {"lora": LoRAConfig(rank=4), "quantization": QuantizationConfig(), "kl_coef": 0.05},
+        {"environment": ScriptedEnvironment(), "kl_coef": 0.05},
     ],
-    ids=["full", "lora_with_kl", "qlora_with_kl"],
+    ids=["full", "lora_with_kl", "qlora_with_kl", "multi_turn_with_kl"],
 )
 def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, extra):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    extra = dict(extra)
+    episodes = {}
+    if "environment" in extra:  # multi-turn: short turns, answered twice by the environment
+        episodes = {
+            "environment": extra.pop("environment"),
+            "sampling": SamplingConfig(max_new_tokens=8, min_new_tokens=1, stop=SHORT_TURNS),
+        }
+
     def data():
-        return _dm(train_batch_size=8, micro_batch_size=2, epochs_per_rollout_batch=2)
+        return _dm(train_batch_size=8, micro_batch_size=2, epochs_per_rollout_batch=2, **episodes)
 
     def module():
         torch.manual_seed(0)  # the same initial adapters in every run
@@ -322,6 +337,9 @@ def test_grpo_killed_and_resumed_is_bitwise_identical_to_an_uninterrupted_run(tm
         return {k: v for k, v in metrics.items() if not k.startswith("time/") and "_per_s" not in k}
 
     assert untimed(resumed_dm.latest_round.metrics) == untimed(full_dm.latest_round.metrics)
+    if episodes:  # the episodes really had several turns and environment tokens
+        assert full_dm.latest_round.metrics["rollout/turns_per_episode"] > 1.5
+        assert any(s.sampled is not None for s in full_dm.latest_round.samples)
 
 
 class Constant(RewardEvaluator):

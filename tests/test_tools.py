@@ -74,8 +74,8 @@ def test_the_calculator_refuses_anything_but_arithmetic(expression, message):
 
 def test_the_environment_answers_each_call_and_counts_what_went_wrong():
     env = ToolEnvironment(tools=["calculator"], max_calls_per_turn=2)
-    assert [s["function"]["name"] for s in env.schemas] == ["calculator"]
-    assert "expression" in env.schemas[0]["function"]["parameters"]["properties"]
+    assert [s["function"]["name"] for s in env.tool_schemas] == ["calculator"]
+    assert "expression" in env.tool_schemas[0]["function"]["parameters"]["properties"]
     episodes = [
         (None, ["The answer is 5."]),  # no call: done
         (None, ["first turn", _call("calculator", expression="6*7")]),
@@ -206,3 +206,26 @@ def test_python_calls_through_the_environment(sandbox):
     assert replies[0].messages[0]["content"] == "45"
     assert replies[1].messages[0]["content"].startswith("error (timeout)")
     assert replies[2].events["tool_errors/bad_arguments"] == 1
+
+
+def test_the_prompt_lists_the_tools_through_the_chat_template(tiny_tokenizer):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from lit_align.data.templates import format_prompt
+
+    env = ToolEnvironment(tools=["calculator"])
+    # The tiny model's ChatML template ignores tools=: a Hermes-style block in the system turn.
+    text = format_prompt("gsm8k_chat", "What is 6 * 7?", tiny_tokenizer, env.tool_schemas)
+    assert "<tools>" in text and '"name": "calculator"' in text and "<tool_call>" in text
+    assert text.index("<tools>") < text.index("What is 6 * 7?")
+    # Qwen's own template renders them itself.
+    qwen_dir = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "qwen3"
+    if qwen_dir.exists():
+        qwen = AutoTokenizer.from_pretrained(qwen_dir)
+        text = format_prompt("gsm8k_chat", "What is 6 * 7?", qwen, env.tool_schemas)
+        assert "<tools>" in text and "calculator" in text and "<tool_call>" in text
+    with pytest.raises(ValueError, match="cannot list tools: use a chat template"):
+        format_prompt("r1_zero", "q", tiny_tokenizer, env.tool_schemas)
+    assert env.stop == ["</tool_call>"]

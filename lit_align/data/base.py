@@ -5,6 +5,7 @@ tokenizer and policy."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -22,8 +23,10 @@ from lit_align.data.templates import (
 from lit_align.engines.base import RolloutEngine, SamplingConfig, check_weight_version
 from lit_align.engines.factory import EngineConfig, build_engine
 from lit_align.engines.weights import sync_weights
+from lit_align.environments.base import Environment
 from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
+from lit_align.rounds import EpisodeSettings
 
 __all__ = ["PromptDataset", "TaskDataModule", "check_counts", "default_evaluator"]
 
@@ -105,6 +108,14 @@ class TaskDataModule(L.LightningDataModule):
         hf_config: configuration of ``hf:`` sources (``main`` for ``openai/gsm8k``).
         engine: rollout engine settings (``backend: hf`` or ``vllm``).
         num_workers: DataLoader workers.
+        environment: what answers the model between its turns in rollouts (e.g.
+            :class:`~lit_align.environments.ToolEnvironment`: its tools are listed in the
+            prompt through the chat template, its stop strings end a turn at a call); None: one
+            completion per sample. Its messages are never trained on.
+        max_total_tokens: an episode's tokens after the prompt, the model's and the
+            environment's together (None: no limit but the environment's max_turns of
+            sampling.max_new_tokens each); a longer episode is cut there and counts as
+            truncated (``advantages.mask_truncated``).
     """
 
     def __init__(
@@ -122,6 +133,8 @@ class TaskDataModule(L.LightningDataModule):
         hf_config: str | None = None,
         engine: EngineConfig | None = None,
         num_workers: int = 0,
+        environment: Environment | None = None,
+        max_total_tokens: int | None = None,
     ) -> None:
         super().__init__()
         check_counts(type(self).__name__, val_batch_size=val_batch_size)
@@ -141,6 +154,8 @@ class TaskDataModule(L.LightningDataModule):
         self.hf_config = hf_config
         self.engine_config = engine or EngineConfig()
         self.num_workers = num_workers
+        self.environment = environment
+        self.max_total_tokens = max_total_tokens
         self._engine: Any = None
         self._val: PromptDataset | None = None
         self._loaded: dict[tuple, list[Example]] = {}
@@ -238,13 +253,27 @@ class TaskDataModule(L.LightningDataModule):
         return with_template_stops(replace(given, n=group_size), self.template)
 
     def task_sampling(self, sampling: SamplingConfig) -> SamplingConfig:
-        """``sampling`` with this task's stop strings when it names none."""
-        return with_template_stops(sampling, self.template)
+        """``sampling`` with this task's stop strings when it names none, and the
+        environment's (a turn ends at a tool call)."""
+        return self.with_environment_stops(with_template_stops(sampling, self.template))
+
+    def with_environment_stops(self, sampling: SamplingConfig) -> SamplingConfig:
+        """``sampling`` whose turns also end at the environment's stop strings (a tool call)."""
+        extra = [s for s in (self.environment.stop if self.environment else ()) if s]
+        if not extra:
+            return sampling
+        return replace(sampling, stop=[*(sampling.stop or []), *extra])
+
+    def episode_settings(self, examples: Sequence[Any]) -> EpisodeSettings:
+        """What a round's episodes need from this DataModule (the environment, the examples it
+        reads, the tokenizer that renders its messages, the token budget)."""
+        return EpisodeSettings(self.environment, examples, self.tokenizer, self.max_total_tokens)
 
     def prompt_text(self, example: Example) -> str:
         if example.prompt is not None:
             return example.prompt
-        return format_prompt(self.template, example.question, self.tokenizer)
+        tools = list(self.environment.tool_schemas) if self.environment else None
+        return format_prompt(self.template, example.question, self.tokenizer, tools or None)
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -64,6 +64,12 @@ class ExpertIterationDataModule(SFTDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(train_source, **kwargs)
+        if self.environment is not None:  # its SFT pairs would lose the tool turns
+            raise ValueError(
+                "ExpertIterationDataModule keeps single-turn (prompt, response) pairs for SFT; "
+                "multi-turn episodes (data.init_args.environment) train with GRPO "
+                "(RolloutDataModule) for now: drop environment here"
+            )
         check_counts(
             "ExpertIterationDataModule",
             questions_per_step=questions_per_step,

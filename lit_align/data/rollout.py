@@ -21,9 +21,8 @@ from lit_align.data.base import TaskDataModule, check_counts, seeded_stream
 from lit_align.data.buffer import RolloutBuffer, StepBatchSampler
 from lit_align.data.sources import Example
 from lit_align.engines.base import GenerationInterrupted, RolloutEngine, SamplingConfig
-from lit_align.environments.base import Environment
 from lit_align.metrics import ZERO_VARIANCE_GROUP_FRAC
-from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig, EpisodeSettings, Round, run_round
+from lit_align.rounds import ADVANTAGE_FIELDS, AdvantageConfig, Round, run_round
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,6 @@ class RolloutDataModule(TaskDataModule):
             rewards equal (``rollout/zero_variance_group_frac`` ≥ 0.99): every advantage and so
             every gradient is zero. None: never.
         stop_on_zero_signal: also stop training then (the last checkpoint stays resumable).
-        environment: what answers the model between turns (e.g.
-            :class:`~lit_align.environments.ToolEnvironment`); None: one completion per sample.
-            Its messages are rendered with the tokenizer's chat template and never trained on.
-        max_total_tokens: an episode's tokens after the prompt, the model's and the
-            environment's together (None: no limit but the environment's max_turns of
-            sampling.max_new_tokens each); a longer episode is cut there and counts as
-            truncated (``advantages.mask_truncated``).
         **kwargs: validation, template, evaluator, engine… (see
             :class:`~lit_align.data.base.TaskDataModule`).
     """
@@ -82,8 +74,6 @@ class RolloutDataModule(TaskDataModule):
         synthetic_size: int = 1024,
         zero_signal_rounds: int | None = 3,
         stop_on_zero_signal: bool = False,
-        environment: Environment | None = None,
-        max_total_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         moved = [k for k in kwargs if k in ADVANTAGE_FIELDS | {"advantage_eps"}]
@@ -107,8 +97,6 @@ class RolloutDataModule(TaskDataModule):
         self.synthetic_size = synthetic_size
         self.zero_signal_rounds = zero_signal_rounds
         self.stop_on_zero_signal = stop_on_zero_signal
-        self.environment = environment
-        self.max_total_tokens = max_total_tokens
         self._flat_rounds = 0  # consecutive rounds without a learning signal
         self._round_key: tuple[int, int] | None = None  # (round, step) of self.buffer
         self._prompts: list[Example] | None = None
@@ -201,7 +189,9 @@ class RolloutDataModule(TaskDataModule):
         """Generate with ``engine``, grade and buffer one round (:func:`lit_align.rounds.run_round`)."""
         examples = self.round_prompts(round_index, rank, world_size)
         prompts = [self.prompt_text(e) for e in examples]
-        sampling = replace(self.sampling, seed=self.seed * 1_000_003 + round_index)
+        sampling = self.with_environment_stops(
+            replace(self.sampling, seed=self.seed * 1_000_003 + round_index)
+        )
         self.latest_round = run_round(
             engine,
             self.evaluator,
@@ -210,7 +200,7 @@ class RolloutDataModule(TaskDataModule):
             [e.answer for e in examples],
             sampling,
             self.advantages,
-            EpisodeSettings(self.environment, examples, self.tokenizer, self.max_total_tokens),
+            self.episode_settings(examples),
         )
         return RolloutBuffer(self.latest_round.samples)
 

@@ -60,26 +60,56 @@ def _story(question: str, tokenizer: Any) -> str:
     return STORY_PROMPT.format(opening_line=question) + " " + question
 
 
-def _story_chat(question: str, tokenizer: Any) -> str:
+def _story_chat(question: str, tokenizer: Any, tools: list[dict] | None = None) -> str:
     from lit_align.data.creative import STORY_PROMPT
 
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("template 'story_chat' needs a tokenizer with a chat template")
     messages = [{"role": "user", "content": STORY_PROMPT.format(opening_line=question)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _chat("story_chat", messages, tokenizer, tools)
 
 
-def _gsm8k_chat(question: str, tokenizer: Any) -> str:
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("template 'gsm8k_chat' needs a tokenizer with a chat template")
+def _gsm8k_chat(question: str, tokenizer: Any, tools: list[dict] | None = None) -> str:
     messages = [
         {"role": "system", "content": GSM8K_SYSTEM_PROMPT},
         {"role": "user", "content": question},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _chat("gsm8k_chat", messages, tokenizer, tools)
 
 
-_TEMPLATES: dict[str, Callable[[str, Any], str]] = {
+# For chat templates that ignore ``tools=``: the Hermes convention Qwen's own template writes.
+_TOOLS_BLOCK = (
+    "You may call one or more functions to assist with the user query. The functions:\n"
+    "<tools>\n{schemas}\n</tools>\nFor each function call, return a json object with the "
+    "function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+def _chat(name: str, messages: list[dict], tokenizer: Any, tools: list[dict] | None) -> str:
+    """``messages`` through the tokenizer's chat template, with ``tools`` listed: by the
+    template itself (``tools=``) when it renders them, else in a Hermes-style system block."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"template {name!r} needs a tokenizer with a chat template")
+
+    def render(msgs: list[dict], **extra: Any) -> str:
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True, **extra
+        )
+
+    if not tools:
+        return render(messages)
+    with_tools = render(messages, tools=tools)
+    if with_tools != render(messages):
+        return with_tools
+    import json
+
+    block = _TOOLS_BLOCK.format(schemas="\n".join(json.dumps(t) for t in tools))
+    if messages[0]["role"] == "system":
+        system = {"role": "system", "content": messages[0]["content"] + "\n\n" + block}
+        return render([system, *messages[1:]])
+    return render([{"role": "system", "content": block}, *messages])
+
+
+_TEMPLATES: dict[str, Callable[..., str]] = {
     "r1_zero": _r1_zero,
     "question_only": _question_only,
     "gsm8k_chat": _gsm8k_chat,
@@ -99,14 +129,28 @@ _STOPS: dict[str, list[str]] = {
 }
 
 
-def format_prompt(template: TemplateName, question: str, tokenizer: Any = None) -> str:
-    """The prompt text for ``question`` under ``template``.
+def format_prompt(
+    template: TemplateName,
+    question: str,
+    tokenizer: Any = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """The prompt text for ``question`` under ``template``; ``tools`` (JSON schemas) are listed
+    through the chat template (chat templates only).
 
     Raises:
-        ValueError: for an unknown template name (the message lists the accepted ones).
+        ValueError: for an unknown template name (the message lists the accepted ones), or
+            tools with a template that is not a chat one.
     """
     if template not in _TEMPLATES:
         raise ValueError(f"unknown template {template!r}; accepted values: {', '.join(_TEMPLATES)}")
+    if tools and template not in CHAT_TEMPLATES:
+        raise ValueError(
+            f"template {template!r} cannot list tools: use a chat template "
+            f"({', '.join(sorted(CHAT_TEMPLATES))}) with a tool environment"
+        )
+    if tools:
+        return _TEMPLATES[template](question, tokenizer, tools)
     return _TEMPLATES[template](question, tokenizer)
 
 

@@ -42,9 +42,13 @@ class Environment(Protocol):
 
     ``respond`` gets, per live episode, its example (the data row: question, answer…) and the
     model's turn texts so far (the last one is new), and returns one :class:`Reply` each.
+    ``tool_schemas`` go to the prompt's chat template (``tools=``); ``stop`` strings end a model
+    turn where the environment should answer (``</tool_call>``), besides the task's own.
     """
 
     max_turns: int
+    tool_schemas: Sequence[dict[str, Any]]
+    stop: Sequence[str]
 
     def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]: ...
 
@@ -54,6 +58,8 @@ class SingleTurn:
     """One prompt, one completion: done after the model's first turn (the default)."""
 
     max_turns: int = 1
+    tool_schemas: tuple[dict[str, Any], ...] = ()
+    stop: tuple[str, ...] = ()
 
     def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]:
         return [Reply() for _ in episodes]

@@ -130,7 +130,8 @@ class ToolEnvironment:
                 f"tool_timeout_s > 0, got {max_turns}, {max_calls_per_turn}, {tool_timeout_s}"
             )
         self.tools = {fn.__name__: fn for fn in map(resolve_tool, tools)}
-        self.schemas = [get_json_schema(fn) for fn in self.tools.values()]
+        self.tool_schemas = [get_json_schema(fn) for fn in self.tools.values()]
+        self.stop = ["</tool_call>"]  # the turn ends where the call does: the tool answers
         self.max_turns = max_turns
         self.max_calls_per_turn = max_calls_per_turn
         self.timeout_s = tool_timeout_s

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.contracts import task_data
 from lit_align.engines.base import SamplingConfig
+from lit_align.environments.episodes import run_episodes
 from lit_align.evaluation import log_generations
 from lit_align.grading import grade_completions
 from lit_align.lora import LoRAConfig, apply_lora
@@ -219,7 +220,14 @@ class PolicyModule(L.LightningModule):
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         evaluator, sampling = self._val_task
-        completions = self._val_engine.generate([row["prompt_ids"] for row in batch], sampling)
+        # Episodes, as in rollouts: one completion each unless the task has an environment.
+        settings = task_data(self.trainer).episode_settings(batch)
+        episodes = run_episodes(
+            self._val_engine, [row["prompt_ids"] for row in batch], sampling,
+            settings.environment, settings.examples, settings.tokenizer,
+            settings.max_total_tokens,
+        )  # fmt: skip
+        completions = [e.completion() for e in episodes]
         records, _, _ = grade_completions(
             evaluator,
             [row["prompt"] for row in batch],
