@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from lit_align.engines.base import SamplingConfig
 from lit_align.engines.factory import EngineConfig
+from lit_align.environments.base import Environment
 from lit_align.rewards.evaluators import RewardEvaluator
 
 __all__ = ["ONE_OFF_ENGINE", "ONE_OFF_SAMPLING", "run_eval", "run_generate"]
@@ -38,6 +39,8 @@ def run_eval(
     split: str = "test",
     hf_config: str | None = None,
     overwrite: bool = False,
+    environment: Environment | None = None,
+    max_total_tokens: int | None = None,
 ) -> dict[str, float]:
     """Evaluate a model on a dataset: generate, grade, write records and metrics.
 
@@ -64,6 +67,11 @@ def run_eval(
         hf_config: configuration of ``hf:`` sources.
         overwrite: replace the results of an earlier evaluation in ``output_dir`` (refused
             otherwise, before anything is loaded).
+        environment: multi-turn episodes, as in a training config's
+            ``data.init_args.environment`` (``--environment lit_align.environments.ToolEnvironment``
+            with ``--environment.init_args.tools '[calculator]'``…; a chat template lists its
+            tools); records then hold each episode's ``transcript``.
+        max_total_tokens: an episode's token budget after the prompt (multi-turn).
     """
     from pathlib import Path
 
@@ -82,7 +90,7 @@ def run_eval(
             "--output_dir, or pass --overwrite true to replace it"
         )
     if evaluator is None:
-        evaluator = default_evaluator(template)
+        evaluator = default_evaluator(template, data)
     sampling = with_template_stops(sampling, template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
     local, tokenizer = engine_for_model(model, engine)
@@ -95,6 +103,8 @@ def run_eval(
         template=template,  # type: ignore[arg-type]
         grade_batch_size=engine.max_batch_size,
         progress=True,
+        environment=environment,
+        max_total_tokens=max_total_tokens,
     )
     write_results(output_dir, records, metrics)
     _write_eval_record(
@@ -111,6 +121,8 @@ def run_eval(
             examples=len(examples),
             sampling=asdict(sampling),
             engine=asdict(engine),
+            environment=repr(environment) if environment is not None else None,
+            max_total_tokens=max_total_tokens,
         ),
     )
     print(format_summary(metrics))
@@ -239,7 +251,7 @@ def run_generate(
         check_model_source(model)
     if system_prompt is None:
         system_prompt = GOLD_SYSTEM_PROMPTS.get(template)
-    evaluator = evaluator if evaluator is not None else default_evaluator(template)
+    evaluator = evaluator if evaluator is not None else default_evaluator(template, data)
     sampling = with_template_stops(sampling, template)
     examples = load_examples(data, split=split, limit=limit, seed=seed, hf_config=hf_config)
     prompts = build_prompts(

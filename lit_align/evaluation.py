@@ -17,8 +17,10 @@ from typing import Any
 from lit_align.data.sources import Example
 from lit_align.data.templates import TemplateName, format_prompt
 from lit_align.engines.base import RolloutEngine, SamplingConfig
-from lit_align.grading import grade_completions
-from lit_align.metrics import mean, summarize_records
+from lit_align.environments.base import Environment, tool_list, with_environment_stops
+from lit_align.environments.episodes import episode_metrics, run_episodes
+from lit_align.grading import grade_episodes
+from lit_align.metrics import mean, response_text, summarize_records
 from lit_align.rewards.evaluators import RewardEvaluator
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,10 @@ def evaluate(
     output_dir: str | Path | None = None,
     grade_batch_size: int | None = None,
     progress: bool = False,
+    environment: Environment | None = None,
+    max_total_tokens: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Generate ``sampling.n`` responses per example, grade them and summarize.
+    """Generate ``sampling.n`` responses (episodes) per example, grade them and summarize.
 
     Every prompt goes to the engine in one call (vLLM batches continuously; the HF engine cuts
     its own batches); only grading is chunked.
@@ -95,24 +99,37 @@ def evaluate(
             ``metrics.json``.
         grade_batch_size: responses graded per evaluator call (None: all at once).
         progress: show a progress bar over the grading chunks.
+        environment: answers the model between its turns (e.g. a
+            :class:`~lit_align.environments.ToolEnvironment`, its tools listed in the prompt),
+            as in training; None: one completion per sample. Adds the episode metrics
+            (``turns_per_episode``, ``tool_call_episode_frac``, ``tool_errors/<kind>``…).
+        max_total_tokens: an episode's token budget after the prompt (multi-turn).
 
     Returns:
         (records, metrics). Each record holds prompt, response, ground truth, the evaluator's
         components and total ``reward``, ``formatted``, ``correct``, ``length`` (tokens),
-        ``mean_entropy`` and ``finish_reason``.
+        ``mean_entropy``, ``finish_reason`` and, for multi-turn episodes, ``transcript``.
     """
+    tools = tool_list(environment)
     prompts = [
-        e.prompt if e.prompt is not None else format_prompt(template, e.question, tokenizer)
+        e.prompt if e.prompt is not None else format_prompt(template, e.question, tokenizer, tools)
         for e in examples
     ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    completions = engine.generate(ids, sampling)
+    sampling = with_environment_stops(sampling, environment)
+    episodes = run_episodes(
+        engine, ids, sampling, environment, examples, tokenizer, max_total_tokens
+    )
     answers = [e.answer for e in examples]
-    records, _, reward_metrics = grade_completions(
-        evaluator, prompts, answers, completions, sampling.n, grade_batch_size, progress
+    records, _, reward_metrics = grade_episodes(
+        evaluator, prompts, answers, episodes, sampling.n, grade_batch_size, progress
     )
     metrics = summarize(records, sampling.n)
     metrics.update({f"reward/{k}": v for k, v in reward_metrics.items()})
+    if environment is not None:  # the rounds' episode metrics, under episodes/
+        metrics.update(
+            {k.replace("rollout/", "episodes/", 1): v for k, v in episode_metrics(episodes).items()}
+        )
     if output_dir is not None:
         write_results(output_dir, records, metrics)
     return records, metrics
@@ -147,6 +164,11 @@ def format_summary(metrics: dict[str, float]) -> str:
         f"token entropy mean {metrics['token_entropy_mean']:.3f}, truncated {metrics['truncated_frac']:.3f}",
     ]
     lines += [f"{k:<12} {v:.4f}" for k, v in metrics.items() if k.startswith(("pass@", "mean@"))]
+    episodes = {
+        k.removeprefix("episodes/"): v for k, v in metrics.items() if k.startswith("episodes/")
+    }
+    if episodes:
+        lines += ["", "episodes: " + ", ".join(f"{k} {v:.3g}" for k, v in episodes.items())]
     return "\n".join(lines)
 
 
@@ -186,8 +208,9 @@ def log_generations(
     rewards = ("format_reward", "answer_reward", "reward")
     for i, r in enumerate(records[:max_samples]):
         scored = ", ".join(f"{k} {r[k]:.2f}" for k in rewards if k in r)
+        shown = response_text(r).replace("\n", "\n    ")  # a transcript: one message per line
         text = (
-            f"**prompt**\n\n    {r['prompt'][-500:]}\n\n**response**\n\n    {r['response']}\n\n"
+            f"**prompt**\n\n    {r['prompt'][-500:]}\n\n**response**\n\n    {shown}\n\n"
             f"**ground truth** `{r['ground_truth']}` — {scored}, entropy {r.get('mean_entropy', 0.0):.3f}"
         )
         if writer is not None:

@@ -3,7 +3,9 @@
 
 A record is a plain dict (it goes to JSONL and TensorBoard as is): ``example_index``,
 ``sample_index``, ``prompt``, ``response``, ``ground_truth``, the evaluator's components and total
-``reward``, ``formatted``, ``correct``, ``length`` (tokens), ``mean_entropy`` and ``finish_reason``.
+``reward``, ``formatted``, ``correct``, ``length`` (tokens), ``mean_entropy`` and ``finish_reason``;
+multi-turn episodes add ``transcript``: the model's turns and the environment's messages, in order
+(``response`` is the last turn, the one graded).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 from torch import Tensor
 
 from lit_align.engines.base import Completion
+from lit_align.environments.episodes import Episode
 from lit_align.metrics import GRADER_TIMEOUTS_KEY
 from lit_align.rewards.evaluators import RewardEvaluator
 from lit_align.rewards.sandbox import timeouts_in_this_thread
 
-__all__ = ["grade_completions"]
+__all__ = ["grade_completions", "grade_episodes"]
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,24 @@ def grade_completions(
             len(completions),
         )
     return records, scores, {**evaluator.reward_metrics(scores), GRADER_TIMEOUTS_KEY: float(lost)}
+
+
+def grade_episodes(
+    evaluator: RewardEvaluator,
+    prompts: Sequence[Any],
+    answers: Sequence[Any],
+    episodes: Sequence[Episode],
+    n: int = 1,
+    chunk: int | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], Tensor, dict[str, float]]:
+    """:func:`grade_completions` of episodes (each graded on its last turn); the records of
+    episodes in which the environment answered also hold their ``transcript``."""
+    completions = [e.completion() for e in episodes]
+    records, scores, metrics = grade_completions(
+        evaluator, prompts, answers, completions, n, chunk, progress
+    )
+    for record, episode in zip(records, episodes, strict=True):
+        if episode.replies:
+            record["transcript"] = episode.transcript()
+    return records, scores, metrics

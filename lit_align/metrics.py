@@ -142,6 +142,19 @@ def prefixed(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
 
 
+def response_text(record: Mapping[str, Any]) -> str:
+    """What the model wrote in a graded record: its response, or for a multi-turn episode the
+    whole transcript, one ``[role name]`` header per message (tool results included)."""
+    transcript = record.get("transcript")
+    if not transcript:
+        return str(record.get("response", ""))
+    parts = []
+    for m in transcript:
+        who = m.get("role", "?") + (f" {m['name']}" if m.get("name") else "")
+        parts.append(f"[{who}] {m.get('content', '')}")
+    return "\n".join(parts)
+
+
 def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Accuracy, format rate, reward, response lengths (all, min, max, correct, incorrect), mean
     token entropy and truncated fraction of graded records (a missing field counts as false/0)."""

@@ -20,7 +20,12 @@ __all__ = [
     "guarded_masked_mean",
     "masked_normalize",
     "tokenize_prompt_and_output",
+    "tokenize_prompt_and_turns",
 ]
+
+# A multi-turn output: text segments, each trained on (True: the model's turns) or not (False:
+# the environment's messages between them). Each segment is tokenized on its own, as episodes are.
+Turns = tuple[tuple[str, bool], ...]
 
 
 def tokenize_prompt_and_output(
@@ -65,6 +70,44 @@ def tokenize_prompt_and_output(
         "labels": full[:, 1:],
         "response_mask": out_mask[:, 1:],
     }
+
+
+def tokenize_prompt_and_turns(
+    prompt_strs: list[str], outputs: list[str | Turns], tokenizer: Any
+) -> dict[str, Tensor]:
+    """:func:`tokenize_prompt_and_output` where an output may be multi-turn (:data:`Turns`):
+    ``response_mask`` is 1 only on the tokens of its trained segments. A plain string output
+    gives exactly what :func:`tokenize_prompt_and_output` gives."""
+    if all(isinstance(o, str) for o in outputs):
+        return tokenize_prompt_and_output(prompt_strs, list(outputs), tokenizer)  # type: ignore[arg-type]
+    if len(prompt_strs) != len(outputs):
+        raise ValueError(
+            f"prompt_strs and outputs must have the same length, got {len(prompt_strs)} "
+            f"and {len(outputs)}"
+        )
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token: set tokenizer.pad_token")
+    prompts = tokenizer(prompt_strs, add_special_tokens=False)["input_ids"]
+    rows = [turn_ids(o, tokenizer) for o in outputs]
+    width = max(len(p) + len(ids) for p, (ids, _) in zip(prompts, rows, strict=True))
+    full = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    out_mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for i, (p, (ids, trained)) in enumerate(zip(prompts, rows, strict=True)):
+        full[i, : len(p) + len(ids)] = torch.tensor(p + ids, dtype=torch.long)
+        out_mask[i, len(p) : len(p) + len(ids)] = torch.tensor(trained, dtype=torch.bool)
+    return {"input_ids": full[:, :-1], "labels": full[:, 1:], "response_mask": out_mask[:, 1:]}
+
+
+def turn_ids(output: str | Turns, tokenizer: Any) -> tuple[list[int], list[bool]]:
+    """(token ids, trained flags) of one output, segment by segment."""
+    segments = ((output, True),) if isinstance(output, str) else output
+    ids: list[int] = []
+    trained: list[bool] = []
+    for text, train in segments:
+        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += part
+        trained += [train] * len(part)
+    return ids, trained
 
 
 def compute_entropy(logits: Tensor) -> Tensor:

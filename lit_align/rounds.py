@@ -18,7 +18,7 @@ from lit_align.advantages import BaselineType, constant_groups, group_advantages
 from lit_align.engines.base import RolloutEngine, SamplingConfig
 from lit_align.environments.base import Environment
 from lit_align.environments.episodes import episode_metrics, run_episodes
-from lit_align.grading import grade_completions
+from lit_align.grading import grade_episodes
 from lit_align.metrics import (
     GEN_TOKENS_PER_S,
     GRADER_TIMEOUTS,
@@ -146,7 +146,7 @@ def run_round(
     completions = [e.completion() for e in done]
 
     G = sampling.n
-    records, scores, reward_metrics = grade_completions(evaluator, prompts, answers, completions, G)
+    records, scores, reward_metrics = grade_episodes(evaluator, prompts, answers, done, G)
     timeouts = reward_metrics.pop(GRADER_TIMEOUTS_KEY)
     totals = evaluator.total(scores)  # (N,)
     adv, adv_metrics = group_advantages(

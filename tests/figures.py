@@ -25,24 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # 2026-12-03 machine (2 cores), before the pins.
 FIGURES: dict[str, dict[str, float]] = {
     "AVX512": {
-        "grpo_demo_final_val_accuracy": 0.676,
-        "grpo_demo_vllm_final_val_accuracy": 0.605,
-        "grpo_lora_demo_final_val_accuracy": 0.598,
-        "grpo_lora_demo_vllm_final_val_accuracy": 0.637,
+        "grpo_demo_round20_val_accuracy": 0.582,
+        "grpo_demo_vllm_round15_val_accuracy": 0.547,
+        "grpo_lora_demo_final_val_accuracy": 0.559,
+        "grpo_lora_demo_vllm_final_val_accuracy": 0.531,
         "ei_demo_final_val_accuracy": 0.430,
         "sweep_demo_small_final": 0.344,
         "sweep_demo_large_final": 0.410,
         "creative_demo_first_val_reward": 2.03,
-        "creative_demo_final_val_reward": 2.82,
+        "creative_demo_final_val_reward": 2.37,
+        "tools_demo_final_val_accuracy": 0.688,
     },
     "AVX2": {
-        "grpo_demo_final_val_accuracy": 0.738,
-        "grpo_demo_vllm_final_val_accuracy": 0.707,
         "ei_demo_final_val_accuracy": 0.430,
         "sweep_demo_small_final": 0.402,
         "sweep_demo_large_final": 0.512,
-        "creative_demo_first_val_reward": 2.03,
-        "creative_demo_final_val_reward": 2.82,
     },
 }
 

@@ -123,3 +123,59 @@ def test_log_generations_to_a_writer():
         and "**ground truth** `1`" in w.text["generations/sample_0"]
     )
     assert w.scalars["generations/response_length_correct"] == 4.0
+
+
+class ToolScriptedEngine(ScriptedEngine):
+    """Turn 1 calls the calculator; later turns (those with per-episode seeds) answer with
+    ``answer``. Keeps every later turn's ids, to check the tool's result was fed back in."""
+
+    CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 48"}}</tool_call>'
+
+    def __init__(self, answer: str) -> None:
+        self.answer, self.later_ids = answer, []
+
+    def generate(self, prompt_token_ids, sampling, seeds=None):
+        if seeds is None:
+            return [Completion(i, [5, 6, 7], self.CALL, [-0.5] * 3, [0.1] * 3, "stop")
+                    for i in range(len(prompt_token_ids))]  # fmt: skip
+        self.later_ids += [list(ids) for ids in prompt_token_ids]
+        return [Completion(i, [8, 9], self.answer, [-0.25] * 2, [0.1] * 2, "stop")
+                for i in range(len(prompt_token_ids))]  # fmt: skip
+
+
+def test_eval_runs_multi_turn_episodes_and_records_their_transcripts(tmp_path, tiny_tokenizer):
+    from lit_align.environments import ToolEnvironment
+    from lit_align.evaluation import format_summary
+    from lit_align.rewards import GSM8kEvaluator
+
+    engine = ToolScriptedEngine("<reasoning>\n.\n</reasoning>\n<answer>\n1776\n</answer>\n")
+    env = ToolEnvironment(tools=["calculator"])
+    examples = [Example("What is 37 * 48?", "1776")]
+    records, metrics = evaluate(
+        engine, tiny_tokenizer, examples, GSM8kEvaluator(), SamplingConfig(), "gsm8k_chat",
+        tmp_path, environment=env,
+    )  # fmt: skip
+    assert '"name": "calculator"' in records[0]["prompt"]  # the tools are listed in the prompt
+    assert "1776" in tiny_tokenizer.decode(engine.later_ids[0])  # the result went back in
+    assert records[0]["transcript"] == [
+        {"role": "assistant", "content": ToolScriptedEngine.CALL},
+        {"role": "tool", "name": "calculator", "content": "1776"},
+        {"role": "assistant", "content": engine.answer},
+    ]
+    assert records[0]["response"] == engine.answer and metrics["accuracy"] == 1.0
+    assert metrics["episodes/turns_per_episode"] == 2.0
+    assert metrics["episodes/tool_call_episode_frac"] == 1.0
+    assert "episodes: turns_per_episode 2" in format_summary(metrics)
+    saved = json.loads((tmp_path / "generations.jsonl").read_text())
+    assert saved["transcript"][1]["content"] == "1776"
+
+    class Writer:
+        def __init__(self):
+            self.text = {}
+
+        def add_text(self, tag, text, step):
+            self.text[tag] = text
+
+    writer = Writer()
+    log_generations(records, writer, scalars=False)
+    assert "[tool calculator] 1776" in writer.text["generations/sample_0"]

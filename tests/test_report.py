@@ -214,3 +214,24 @@ def test_the_demo_sweep_and_its_report_from_the_command_line(tmp_path):
     for stem in ("scaling", "compare_step", "compare_time", "curves_00", "curves_01"):
         assert (out / f"{stem}.png").stat().st_size > 10_000
     assert (out / "training_plots.pdf").exists()
+
+
+def test_the_samples_section_shows_multi_turn_transcripts(tmp_path):
+    import json
+
+    run = _run(tmp_path / "runs", "tools", "GRPOModule", "RolloutDataModule",
+               {"val/accuracy": [(0, 0.2), (1, 0.4)]})  # fmt: skip
+    call = '<tool_call>{"name": "calculator"}</tool_call>'
+    rows = [
+        {"round": 0, "response": "12", "reward": 0.0},
+        {"round": 3, "response": "<answer>1776</answer>", "reward": 1.0, "transcript": [
+            {"role": "assistant", "content": call},
+            {"role": "tool", "name": "calculator", "content": "1776"},
+            {"role": "assistant", "content": "<answer>1776</answer>"},
+        ]},
+    ]  # fmt: skip
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_report([tmp_path / "runs"], output=tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 12 (reward 0.00) | [assistant] <tool_call>" in text
+    assert "[tool calculator] 1776 [assistant] <answer>1776</answer> (reward 1.00) |" in text

@@ -302,3 +302,66 @@ def test_sft_loss_of_a_micro_batch_is_the_unpadded_loss(tiny_model, tiny_tokeniz
         )
     assert abs(float(tight) - float(wide)) < 1e-5
     assert abs(float(tight) - float(alone)) < 1e-5
+
+
+def test_sft_on_transcripts_trains_the_model_turns_only_with_the_episodes_tokens(tmp_path):
+    """A tool episode as an SFT target: the same token ids an episode would hold (prompt,
+    turn, the environment's rendering, turn), the loss mask 1 on the turns and 0 on the tool's
+    message; rows in the layout ``lit_align eval`` writes load the same way."""
+    import json
+
+    from lit_align.environments import ToolEnvironment
+    from lit_align.environments.episodes import render_reply
+
+    module = SFTModule("tiny", dtype="float32")
+    trainer = _trainer(max_steps=1)
+    env = ToolEnvironment(tools=["calculator"])
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "37 * 48"}}</tool_call>'
+    transcript = [
+        {"role": "assistant", "content": call},
+        {"role": "tool", "name": "calculator", "content": "1776"},
+        {"role": "assistant", "content": "<answer> 1776 </answer>"},
+    ]
+    path = tmp_path / "episodes.jsonl"
+    row = {"question": "What is 37 * 48?", "transcript": transcript, "ground_truth": "1776"}
+    path.write_text(json.dumps(row) + "\n")
+    dm = SFTDataModule(str(path), template="demo_chat", environment=env, micro_batch_size=1)
+    dm.trainer = trainer
+    trainer.strategy.connect(module)
+    tok = module.tokenizer
+    prompts, responses, counts, _ = dm._training_pairs()
+    assert prompts[0].startswith("<|im_start|>system\ntools: calculator(expression)<|im_end|>")
+    batch = dm._collate([(prompts[0], responses[0], 1.0)])
+
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    turn1, reply = ids(call), render_reply(tok, transcript[1:2])
+    turn2 = ids("<answer> 1776 </answer><|im_end|>")  # the last turn ends the chat turn
+    expected = ids(prompts[0]) + turn1 + reply + turn2
+    assert [*batch["input_ids"][0].tolist(), batch["labels"][0, -1].item()] == expected
+    mask = [0] * len(ids(prompts[0])) + [1] * len(turn1) + [0] * len(reply) + [1] * len(turn2)
+    assert batch["response_mask"][0].tolist() == [bool(m) for m in mask[1:]]
+    assert counts == [len(turn1) + len(turn2)]  # the window normalizers count trained tokens
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**row, "transcript": transcript[:2]}) + "\n")
+    with pytest.raises(
+        ValueError, match=r"bad.jsonl:1: field 'transcript' .* ends with an assistant"
+    ):
+        SFTDataModule(str(bad), template="demo_chat").load(str(bad), "train", None, 0)
+
+
+def test_the_tool_demo_task_demonstrates_calls_and_wrong_guesses():
+    from lit_align.data.sources import load_examples
+    from lit_align.data.synthetic import TOOL_SHARE
+
+    examples = load_examples("synthetic:multiplication_tools", size=400, seed=0)
+    assert load_examples("synthetic:multiplication_tools", size=400, seed=0) == examples
+    calls = [e for e in examples if len(e.transcript) == 3]
+    assert abs(len(calls) / 400 - TOOL_SHARE) < 0.06
+    for e in examples:
+        a, b = (int(x) for x in e.question.removeprefix("What is ").rstrip("?").split(" * "))
+        assert e.answer == str(a * b) and e.response == e.transcript[-1]["content"]
+        if len(e.transcript) == 3:  # call → the calculator's result → that result
+            assert f'"expression": "{a} * {b}"' in e.transcript[0]["content"]
+            assert e.transcript[1]["content"] == str(a * b)
+        assert (e.response == f"<answer> {a * b} </answer>") == (len(e.transcript) == 3)

@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+# The tests on this shared engine come first: vLLM keeps its parallel groups in globals, and a
+# test that builds and shuts down an engine of its own tears them down under this one.
 @pytest.fixture(scope="module")
 def engines(smollm2):
     from lit_align.models import load_model_and_tokenizer
@@ -93,6 +95,36 @@ def test_a_sync_after_one_optimizer_step_is_seen_by_vllm(engines):
     assert before < 2e-3 and fresh < 2e-3, (before, fresh)
     assert stale > 10 * max(fresh, 1e-4), (stale, fresh)
     assert engine.weight_version == 1 and seconds < 30
+
+
+def test_multi_turn_episodes_on_vllm_are_token_in_token_out(engines):
+    """Every live episode's exact ids go back to vLLM each turn (one batched call): the trainer's
+    teacher-forced log-probs of the whole transcript equal vLLM's at every sampled token."""
+    from lit_align.environments.episodes import render_reply, run_episodes
+    from tests.helpers import ScriptedEnvironment
+
+    model, tok, engine = engines
+    prompts = _prompts(tok, 3)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=12, seed=4, stop=[".", "\n"])
+    env = ScriptedEnvironment(max_turns=3, replies=2)
+    episodes = run_episodes(engine, prompts, sampling, env, tokenizer=tok)
+    multi = [e for e in episodes if len(e.turns) > 1]
+    assert multi, [e.finish_reason for e in episodes]
+    worst = 0.0
+    for e in episodes:
+        if e.replies:
+            reply = render_reply(tok, e.replies[0])
+            start = e.sampled.index(0)
+            assert e.token_ids[start : start + len(reply)] == reply
+        ids = torch.tensor([prompts[e.prompt_index] + e.token_ids])
+        with torch.no_grad():
+            ours = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
+        ours = ours[len(prompts[e.prompt_index]) - 1 :]
+        where = torch.tensor(e.sampled, dtype=torch.bool)
+        worst = max(worst, (ours[where] - torch.tensor(e.log_probs)[where]).abs().max().item())
+    print(f"multi-turn on vLLM: {len(multi)}/{len(episodes)} episodes with several turns, "
+          f"max |Δ log-prob| at sampled tokens {worst:.1e}")  # fmt: skip
+    assert worst <= 1e-4
 
 
 def test_sft_teaches_the_real_model_to_end_its_turn(smollm2, tmp_path):
@@ -186,33 +218,3 @@ def test_lora_adapters_reach_vllm_through_three_syncs(smollm2, lora_sync, bits):
         f"sync seconds {[f'{x:.2f}' for x in seconds]}"
     )
     assert max(gaps) <= 1e-4, gaps
-
-
-def test_multi_turn_episodes_on_vllm_are_token_in_token_out(engines):
-    """Every live episode's exact ids go back to vLLM each turn (one batched call): the trainer's
-    teacher-forced log-probs of the whole transcript equal vLLM's at every sampled token."""
-    from lit_align.environments.episodes import render_reply, run_episodes
-    from tests.helpers import ScriptedEnvironment
-
-    model, tok, engine = engines
-    prompts = _prompts(tok, 3)
-    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=12, seed=4, stop=[".", "\n"])
-    env = ScriptedEnvironment(max_turns=3, replies=2)
-    episodes = run_episodes(engine, prompts, sampling, env, tokenizer=tok)
-    multi = [e for e in episodes if len(e.turns) > 1]
-    assert multi, [e.finish_reason for e in episodes]
-    worst = 0.0
-    for e in episodes:
-        if e.replies:
-            reply = render_reply(tok, e.replies[0])
-            start = e.sampled.index(0)
-            assert e.token_ids[start : start + len(reply)] == reply
-        ids = torch.tensor([prompts[e.prompt_index] + e.token_ids])
-        with torch.no_grad():
-            ours = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"][0]
-        ours = ours[len(prompts[e.prompt_index]) - 1 :]
-        where = torch.tensor(e.sampled, dtype=torch.bool)
-        worst = max(worst, (ours[where] - torch.tensor(e.log_probs)[where]).abs().max().item())
-    print(f"multi-turn on vLLM: {len(multi)}/{len(episodes)} episodes with several turns, "
-          f"max |Δ log-prob| at sampled tokens {worst:.1e}")  # fmt: skip
-    assert worst <= 1e-4

@@ -23,7 +23,7 @@ from lit_align.data.templates import (
 from lit_align.engines.base import RolloutEngine, SamplingConfig, check_weight_version
 from lit_align.engines.factory import EngineConfig, build_engine
 from lit_align.engines.weights import sync_weights
-from lit_align.environments.base import Environment
+from lit_align.environments.base import Environment, tool_list, with_environment_stops
 from lit_align.metrics import WEIGHT_SYNC_S
 from lit_align.rewards.evaluators import GSM8kEvaluator, MathEvaluator, RewardEvaluator
 from lit_align.rounds import EpisodeSettings
@@ -71,8 +71,13 @@ def check_counts(owner: str, **counts: int | None) -> None:
             raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
-def default_evaluator(template: str) -> RewardEvaluator:
-    """The evaluator that grades a template's answer format."""
+def default_evaluator(template: str, *sources: str | None) -> RewardEvaluator:
+    """The evaluator that grades a template's answer format, or the task's own scorer when a
+    source is a ``reasoning_gym:`` task."""
+    if any(s and s.startswith("reasoning_gym:") for s in sources):
+        from lit_align.rewards.reasoning_gym import ReasoningGymEvaluator
+
+        return ReasoningGymEvaluator("boxed" if template == "question_only" else "answer_tag")
     if template == "gsm8k_chat":
         return GSM8kEvaluator()
     if template in ("story", "story_chat"):
@@ -80,7 +85,8 @@ def default_evaluator(template: str) -> RewardEvaluator:
             f"template {template!r} has no verifier: set data.init_args.evaluator to a "
             "lit_align.rewards.JudgeEvaluator (see configs/grpo_creative.yaml)"
         )
-    return MathEvaluator("question_only" if template == "question_only" else "r1_zero")
+    formats = {"question_only": "question_only", "demo_chat": "answer_tag"}
+    return MathEvaluator(formats.get(template, "r1_zero"))  # type: ignore[arg-type]
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -97,7 +103,8 @@ class TaskDataModule(L.LightningDataModule):
         template: prompt template (``r1_zero``, ``question_only``, ``gsm8k_chat``, ``demo``).
         evaluator: grades generations (training rewards for rollouts, validation for both);
             default: the template's (``MathEvaluator`` of the r1_zero or question_only format,
-            ``GSM8kEvaluator`` for ``gsm8k_chat``), so switching the template is one flag.
+            ``GSM8kEvaluator`` for ``gsm8k_chat``), so switching the template is one flag; for
+            ``reasoning_gym:`` sources the task's own scorer (``ReasoningGymEvaluator``).
         val_limit: seeded subset size of the validation set (synthetic tasks: its size, default 64).
         val_batch_size: prompts per validation generation batch.
         seed: seed of subsets, shuffles and sampling.
@@ -144,7 +151,7 @@ class TaskDataModule(L.LightningDataModule):
             )
         self.val_source = val_source
         self.template = template
-        self.evaluator = evaluator if evaluator is not None else default_evaluator(template)
+        self._evaluator = evaluator  # None: the default, chosen once the sources are known
         self.val_limit = val_limit
         self.val_batch_size = val_batch_size
         self.seed = seed
@@ -161,6 +168,15 @@ class TaskDataModule(L.LightningDataModule):
         self._loaded: dict[tuple, list[Example]] = {}
 
     # ------------------------------------------------------------------ wiring
+
+    @property
+    def evaluator(self) -> RewardEvaluator:
+        """What grades generations: the one given, else the template's (a ``reasoning_gym:``
+        source's own scorer)."""
+        if self._evaluator is None:
+            sources = [source for source, *_ in self.data_sources()]
+            self._evaluator = default_evaluator(self.template, *sources)
+        return self._evaluator
 
     def policy(self) -> PolicySource:
         """The LightningModule being trained, through its declared contract (model, tokenizer)."""
@@ -259,10 +275,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def with_environment_stops(self, sampling: SamplingConfig) -> SamplingConfig:
         """``sampling`` whose turns also end at the environment's stop strings (a tool call)."""
-        extra = [s for s in (self.environment.stop if self.environment else ()) if s]
-        if not extra:
-            return sampling
-        return replace(sampling, stop=[*(sampling.stop or []), *extra])
+        return with_environment_stops(sampling, self.environment)
 
     def episode_settings(self, examples: Sequence[Any]) -> EpisodeSettings:
         """What a round's episodes need from this DataModule (the environment, the examples it
@@ -272,8 +285,9 @@ class TaskDataModule(L.LightningDataModule):
     def prompt_text(self, example: Example) -> str:
         if example.prompt is not None:
             return example.prompt
-        tools = list(self.environment.tool_schemas) if self.environment else None
-        return format_prompt(self.template, example.question, self.tokenizer, tools or None)
+        return format_prompt(
+            self.template, example.question, self.tokenizer, tool_list(self.environment)
+        )
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -88,7 +88,6 @@ class RolloutDataModule(TaskDataModule):
         self.train_source = train_source
         self.limit = limit
         self.group_size = group_size
-        self.evaluator.set_group_size(group_size)
         self.rollout_batch_size = rollout_batch_size
         self.train_batch_size = train_batch_size
         self.micro_batch_size = micro_batch_size
@@ -97,6 +96,7 @@ class RolloutDataModule(TaskDataModule):
         self.synthetic_size = synthetic_size
         self.zero_signal_rounds = zero_signal_rounds
         self.stop_on_zero_signal = stop_on_zero_signal
+        self.evaluator.set_group_size(group_size)  # (the default one needs the sources above)
         self._flat_rounds = 0  # consecutive rounds without a learning signal
         self._round_key: tuple[int, int] | None = None  # (round, step) of self.buffer
         self._prompts: list[Example] | None = None

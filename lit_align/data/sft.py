@@ -9,9 +9,10 @@ from typing import Any, Literal
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_align.data.base import TaskDataModule, check_counts
-from lit_align.data.sources import filter_correct, reference_to_sft
+from lit_align.data.sources import Example, filter_correct, reference_to_sft
 from lit_align.data.templates import end_of_response
-from lit_align.ops import tokenize_prompt_and_output
+from lit_align.environments.episodes import reply_text
+from lit_align.ops import Turns, tokenize_prompt_and_turns, turn_ids
 
 __all__ = ["SFTDataModule", "WindowBatchSampler"]
 
@@ -161,13 +162,13 @@ class _ResumableLoader(DataLoader):
 
 
 class _PairDataset(Dataset):
-    def __init__(self, prompts: list[str], responses: list[str]) -> None:
+    def __init__(self, prompts: list[str], responses: list[str | Turns]) -> None:
         self.prompts, self.responses = prompts, responses
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, key: tuple[int, float]) -> tuple[str, str, float]:
+    def __getitem__(self, key: tuple[int, float]) -> tuple[str, str | Turns, float]:
         i, normalizer = key
         return self.prompts[i], self.responses[i], normalizer
 
@@ -232,7 +233,7 @@ class SFTDataModule(TaskDataModule):
         self.max_length = max_length
         self.length_bucket = length_bucket
         self.synthetic_size = synthetic_size
-        self._train: tuple[list[str], list[str], list[int], list[int]] | None = None
+        self._train: tuple[list[str], list[str | Turns], list[int], list[int]] | None = None
         self.stats: dict[str, int] = {}
 
     def check_trainer(self, trainer: Any) -> None:
@@ -252,7 +253,7 @@ class SFTDataModule(TaskDataModule):
         if stage in ("fit", "validate"):
             self.setup_validation()
 
-    def _training_pairs(self) -> tuple[list[str], list[str], list[int], list[int]]:
+    def _training_pairs(self) -> tuple[list[str], list[str | Turns], list[int], list[int]]:
         examples = self.load(*self.data_sources()[-1])
         if self.responses == "reference":
             style = "xml" if self.template == "gsm8k_chat" else "r1_zero"
@@ -268,10 +269,8 @@ class SFTDataModule(TaskDataModule):
             examples = filter_correct(examples, self.evaluator)
             self.stats["correct_only_dropped"] = before - len(examples)
         prompts = [self.prompt_text(e) for e in examples]
-        responses = [e.response or "" for e in examples]
-        if self.end_with_eos:
-            end = end_of_response(self.template, self.tokenizer)
-            responses = [r if r.endswith(end) else r + end for r in responses]
+        end = end_of_response(self.template, self.tokenizer) if self.end_with_eos else ""
+        responses = [self._target(e, end) for e in examples]
         prompts, responses, counts, lengths = self.sized_pairs(prompts, responses)
         if not prompts:
             raise ValueError(
@@ -280,13 +279,37 @@ class SFTDataModule(TaskDataModule):
         self.stats["train_examples"] = len(prompts)
         return prompts, responses, counts, lengths
 
+    def _target(self, example: Example, end: str) -> str | Turns:
+        """What an example trains on, ending with ``end``: its response, or its transcript's
+        turns with the environment's messages between them (rendered as in episodes; not
+        trained on)."""
+        if not example.transcript:
+            response = example.response or ""
+            return response if response.endswith(end) else response + end
+        segments: list[tuple[str, bool]] = []
+        pending: list[dict[str, str]] = []  # environment messages since the last turn
+        for message in example.transcript:
+            if message["role"] != "assistant":
+                pending.append(message)
+                continue
+            if pending:
+                segments.append((reply_text(self.tokenizer, pending), False))
+                pending = []
+            segments.append((message["content"], True))
+        last = segments[-1][0]
+        segments[-1] = (last if last.endswith(end) else last + end, True)
+        return tuple(segments)
+
     def sized_pairs(
-        self, prompts: list[str], responses: list[str]
-    ) -> tuple[list[str], list[str], list[int], list[int]]:
-        """(prompts, responses, response tokens, total tokens) of the pairs that fit
+        self, prompts: list[str], responses: list[str | Turns]
+    ) -> tuple[list[str], list[str | Turns], list[int], list[int]]:
+        """(prompts, responses, trained response tokens, total tokens) of the pairs that fit
         ``max_length`` (the others are dropped and counted in ``stats``)."""
-        counts = [len(self.prompt_ids(r)) for r in responses]
-        lengths = [len(self.prompt_ids(p)) + n for p, n in zip(prompts, counts, strict=True)]
+        rows = [turn_ids(r, self.tokenizer) for r in responses]
+        counts = [sum(trained) for _, trained in rows]
+        lengths = [
+            len(self.prompt_ids(p)) + len(ids) for p, (ids, _) in zip(prompts, rows, strict=True)
+        ]
         if self.max_length is not None:
             keep = [i for i, n in enumerate(lengths) if n <= self.max_length]
             self.stats["too_long_dropped"] = len(prompts) - len(keep)
@@ -297,7 +320,7 @@ class SFTDataModule(TaskDataModule):
 
     def _collate(self, items: list[tuple[str, str, float]]) -> dict[str, Any]:
         prompts, responses, normalizers = zip(*items, strict=True)
-        batch = tokenize_prompt_and_output(list(prompts), list(responses), self.tokenizer)
+        batch = tokenize_prompt_and_turns(list(prompts), list(responses), self.tokenizer)
         batch["token_normalizer"] = normalizers[0]
         return batch
 

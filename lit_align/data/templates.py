@@ -1,5 +1,6 @@
-"""Prompt templates: r1_zero, question_only, the GSM8K system-prompt chat format, a short demo one,
-and the story prompts (``story``: text that starts the story with its opening line, for tiny
+"""Prompt templates: r1_zero, question_only, the GSM8K system-prompt chat format, short demo ones
+(``demo``: r1-style text; ``demo_chat``: one chat turn, tools named in one line, for tiny models
+in tool episodes), and the story prompts (``story``: text that starts the story with its opening line, for tiny
 models; ``story_chat``: the request as a chat message).
 
 The r1_zero and question_only texts are the project's copies of the CS336 prompt files
@@ -25,7 +26,9 @@ __all__ = [
     "with_template_stops",
 ]
 
-TemplateName = Literal["r1_zero", "question_only", "gsm8k_chat", "demo", "story", "story_chat"]
+TemplateName = Literal[
+    "r1_zero", "question_only", "gsm8k_chat", "demo", "demo_chat", "story", "story_chat"
+]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
 # The reasoning/answer XML format, asked for in the system prompt.
@@ -52,6 +55,18 @@ def _question_only(question: str, tokenizer: Any) -> str:
 
 def _demo(question: str, tokenizer: Any) -> str:
     return DEMO_TEMPLATE.format(question=question)
+
+
+def _demo_chat(question: str, tokenizer: Any, tools: list[dict] | None = None) -> str:
+    # Tiny models: the tools named in one short system line, not a JSON-schema block.
+    messages = [{"role": "user", "content": question}]
+    if tools:
+        names = ", ".join(
+            f"{t['function']['name']}({', '.join(t['function']['parameters']['properties'])})"
+            for t in tools
+        )
+        messages.insert(0, {"role": "system", "content": f"tools: {names}"})
+    return _chat("demo_chat", messages, tokenizer, None)
 
 
 def _story(question: str, tokenizer: Any) -> str:
@@ -114,6 +129,7 @@ _TEMPLATES: dict[str, Callable[..., str]] = {
     "question_only": _question_only,
     "gsm8k_chat": _gsm8k_chat,
     "demo": _demo,
+    "demo_chat": _demo_chat,
     "story": _story,
     "story_chat": _story_chat,
 }
@@ -124,6 +140,7 @@ _STOPS: dict[str, list[str]] = {
     "question_only": [],
     "gsm8k_chat": [],
     "demo": ["</answer>"],
+    "demo_chat": ["</answer>"],
     "story": ["\n\n"],  # one paragraph
     "story_chat": [],
 }
@@ -155,7 +172,7 @@ def format_prompt(
 
 
 CHAT_TEMPLATES = frozenset(
-    {"gsm8k_chat", "story_chat"}
+    {"gsm8k_chat", "demo_chat", "story_chat"}
 )  # formatted by the tokenizer's chat template
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Environment", "Reply", "SingleTurn"]
+from lit_align.engines.base import SamplingConfig
+
+__all__ = ["Environment", "Reply", "SingleTurn", "tool_list", "with_environment_stops"]
 
 
 @dataclass
@@ -63,3 +65,19 @@ class SingleTurn:
 
     def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]:
         return [Reply() for _ in episodes]
+
+
+def tool_list(environment: Environment | None) -> list[dict[str, Any]] | None:
+    """The environment's tool schemas, for the prompt's chat template (None: it has none)."""
+    tools = list(environment.tool_schemas) if environment is not None else []
+    return tools or None
+
+
+def with_environment_stops(
+    sampling: SamplingConfig, environment: Environment | None
+) -> SamplingConfig:
+    """``sampling`` whose turns also end at the environment's stop strings (a tool call)."""
+    extra = [s for s in (environment.stop if environment is not None else ()) if s]
+    if not extra:
+        return sampling
+    return replace(sampling, stop=[*(sampling.stop or []), *extra])

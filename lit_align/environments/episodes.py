@@ -30,7 +30,7 @@ from lit_align.metrics import (
     TURNS,
 )
 
-__all__ = ["Episode", "episode_metrics", "render_reply", "run_episodes"]
+__all__ = ["Episode", "episode_metrics", "render_reply", "reply_text", "run_episodes"]
 
 # Text no chat template produces by itself: where the model's turn sits in a rendering.
 _TURN = "\u2063TURN\u2063"
@@ -82,6 +82,16 @@ class Episode:
         self.sampled += [0] * len(token_ids)
         self.log_probs += [0.0] * len(token_ids)
 
+    def transcript(self) -> list[dict[str, str]]:
+        """The episode as chat messages after the prompt: each model turn as an ``assistant``
+        message, each environment reply's messages after the turn it answers."""
+        messages: list[dict[str, str]] = []
+        for k, turn in enumerate(self.turns):
+            messages.append({"role": "assistant", "content": turn})
+            if k < len(self.replies):
+                messages += self.replies[k]
+        return messages
+
     def completion(self) -> Completion:
         """The episode as one completion for grading: the text is the model's last turn, its
         final answer (a tool's output never counts as the model's answer); ``token_ids`` and
@@ -100,6 +110,11 @@ def render_reply(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the environment's ``messages`` as the tokenizer's chat template renders
     them right after an assistant turn: the end of that turn, the messages, and the opening of
     the next assistant turn (e.g. ``<|im_end|>\\n<|im_start|>user\\n<tool_response>…``)."""
+    return tokenizer(reply_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def reply_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text :func:`render_reply` tokenizes (SFT on transcripts tokenizes the same)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "multi-turn episodes render the environment's messages with the tokenizer's chat "
@@ -109,8 +124,7 @@ def render_reply(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     text = tokenizer.apply_chat_template(
         conversation + messages, tokenize=False, add_generation_prompt=True
     )
-    tail = text.split(_TURN, 1)[1]
-    return tokenizer(tail, add_special_tokens=False)["input_ids"]
+    return text.split(_TURN, 1)[1]
 
 
 def _turn_seed(seed: int, turn: int, sample: int) -> int:

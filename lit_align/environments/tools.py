@@ -139,6 +139,12 @@ class ToolEnvironment:
         self.python_limits = PythonLimits(tool_timeout_s, tool_memory_mb, max_output_chars)
         self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lit_align_tool")
 
+    def __repr__(self) -> str:
+        return (
+            f"ToolEnvironment(tools={list(self.tools)}, max_turns={self.max_turns}, "
+            f"max_calls_per_turn={self.max_calls_per_turn}, tool_timeout_s={self.timeout_s:g})"
+        )
+
     def respond(self, episodes: Sequence[tuple[Any, Sequence[str]]]) -> list[Reply]:
         """Answer the calls in each episode's latest turn; a turn without one ends its episode."""
         replies = []

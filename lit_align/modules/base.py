@@ -17,7 +17,7 @@ from lit_align.contracts import task_data
 from lit_align.engines.base import SamplingConfig
 from lit_align.environments.episodes import run_episodes
 from lit_align.evaluation import log_generations
-from lit_align.grading import grade_completions
+from lit_align.grading import grade_episodes
 from lit_align.lora import LoRAConfig, apply_lora
 from lit_align.metrics import GRAD_NORM, LR, PER_RECORD, TOKENS_PER_S, VAL, prefixed
 from lit_align.models import AttnImpl, load_model_and_tokenizer
@@ -227,12 +227,11 @@ class PolicyModule(L.LightningModule):
             settings.environment, settings.examples, settings.tokenizer,
             settings.max_total_tokens,
         )  # fmt: skip
-        completions = [e.completion() for e in episodes]
-        records, _, _ = grade_completions(
+        records, _, _ = grade_episodes(
             evaluator,
             [row["prompt"] for row in batch],
             [row["answer"] for row in batch],
-            completions,
+            episodes,
             sampling.n,
         )
         for name, value in PER_RECORD.items():

@@ -29,6 +29,7 @@ from lit_align.metrics import (
     ROLLOUT_ENTROPY,
     ROLLOUT_LENGTH,
     TOKEN_ENTROPY,
+    response_text,
 )
 from lit_align.report.figures import (
     compare_figure,
@@ -274,8 +275,8 @@ def _samples(report: Report, per_round: int = 2) -> None:
             f"| early (round {rounds[0]}) | late (round {rounds[-1]}) |",
             "|---|---|",
             *(
-                f"| {_cell(a['response'])} (reward {a.get('reward', 0):.2f}) | "
-                f"{_cell(b['response'])} (reward {b.get('reward', 0):.2f}) |"
+                f"| {_cell(response_text(a))} (reward {a.get('reward', 0):.2f}) | "
+                f"{_cell(response_text(b))} (reward {b.get('reward', 0):.2f}) |"
                 for a, b in zip(early, late, strict=False)
             ),
             "",

@@ -131,8 +131,8 @@ class MathEvaluator(RewardEvaluator):
     """MATH-style rewards: format and answer, reward = answer (format alone earns nothing).
 
     Args:
-        template: ``r1_zero`` (``</think> <answer> … </answer>``) or ``question_only`` (last
-            ``\\boxed{}``).
+        template: ``r1_zero`` (``</think> <answer> … </answer>``), ``question_only`` (last
+            ``\\boxed{}``) or ``answer_tag`` (the last ``<answer>…</answer>``: ``demo_chat``).
     """
 
     component_names = ("format_reward", "answer_reward")
@@ -140,8 +140,14 @@ class MathEvaluator(RewardEvaluator):
     correct_component = "answer_reward"
     format_component = "format_reward"
 
-    def __init__(self, template: Literal["r1_zero", "question_only"] = "r1_zero") -> None:
-        fns = {"r1_zero": formats.r1_zero_rewards, "question_only": formats.question_only_rewards}
+    def __init__(
+        self, template: Literal["r1_zero", "question_only", "answer_tag"] = "r1_zero"
+    ) -> None:
+        fns = {
+            "r1_zero": formats.r1_zero_rewards,
+            "question_only": formats.question_only_rewards,
+            "answer_tag": formats.answer_tag_rewards,
+        }
         if template not in fns:
             raise ValueError(f"unknown template {template!r}; accepted values: {', '.join(fns)}")
         self.template = template

@@ -45,6 +45,16 @@ def extract_question_only_answer(response: str) -> tuple[bool, str | None]:
     return answer is not None, answer
 
 
+def extract_tagged_answer(response: str) -> tuple[bool, str | None]:
+    """(has a closed answer tag, its text): the last ``<answer>…</answer>``, stripped (the
+    answer_tag format of the short chat demo, and reasoning-gym's convention)."""
+    start = response.rfind("<answer>")
+    end = response.find("</answer>", start)
+    if start < 0 or end < 0:
+        return False, None
+    return True, response[start + len("<answer>") : end].strip()
+
+
 def extract_gsm8k_xml_answer(response: str) -> str | None:
     """Text inside the last ``<answer>…</answer>`` of the reasoning/answer XML format, stripped."""
     start = response.rfind("<answer>")
@@ -82,6 +92,14 @@ def question_only_rewards(
 ) -> list[RewardDict]:
     """Batched :func:`question_only_reward_fn`."""
     parsed = [extract_question_only_answer(r) for r in responses]
+    return _rewards([p[0] for p in parsed], [p[1] for p in parsed], ground_truths)
+
+
+def answer_tag_rewards(
+    responses: Sequence[str], ground_truths: Sequence[GroundTruth]
+) -> list[RewardDict]:
+    """Rewards of answers in the last ``<answer>…</answer>`` (no ``</think>`` needed)."""
+    parsed = [extract_tagged_answer(r) for r in responses]
     return _rewards([p[0] for p in parsed], [p[1] for p in parsed], ground_truths)
 
 

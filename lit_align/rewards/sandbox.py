@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GradingPool", "get_pool", "python_pool", "timeouts_in_this_thread"]
+__all__ = ["GradingPool", "get_pool", "python_pool", "timeouts_in_this_thread", "worker_pool"]
 
 
 # Environment variables a grader subprocess inherits; everything else is dropped.
@@ -366,13 +366,15 @@ _POOL: GradingPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
-_PYTHON_POOL: GradingPool | None = None
+# By (worker module, time limit): the python tool's, the task scorers'.
+_WORKER_POOLS: dict[tuple[str, float], GradingPool] = {}
 
 
 def _reset_after_fork() -> None:
     # A lock held by another thread at fork time would never be released in the child.
-    global _POOL, _POOL_LOCK, _PYTHON_POOL
-    _POOL, _POOL_LOCK, _PYTHON_POOL = None, threading.Lock(), None
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+    _WORKER_POOLS.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -397,17 +399,28 @@ def get_pool() -> GradingPool:
         return _POOL
 
 
-def python_pool() -> GradingPool:
-    """The process-wide pool of python-tool workers (``lit_align.rewards._python_worker``), created
-    on first use. Each worker enforces a call's own time limit on the child it forks; the pool's
-    limit (60 s) only catches a worker that stops answering."""
-    global _PYTHON_POOL
+def worker_pool(
+    worker: str, timeout_s: float, failed: Any, num_workers: int | None = None
+) -> GradingPool:
+    """The process-wide pool of ``worker`` (a module run with ``python -m``) with this time
+    limit, created on first use and again in a forked child."""
     with _POOL_LOCK:
-        if _PYTHON_POOL is None or _PYTHON_POOL._pid != os.getpid():
-            _PYTHON_POOL = GradingPool(
-                num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
-                timeout_s=60.0,
-                worker="lit_align.rewards._python_worker",
-                failed={"output": "", "error": "crash"},
+        pool = _WORKER_POOLS.get((worker, timeout_s))
+        if pool is None or pool._pid != os.getpid():
+            pool = GradingPool(
+                num_workers=num_workers, timeout_s=timeout_s, worker=worker, failed=failed
             )
-        return _PYTHON_POOL
+            _WORKER_POOLS[worker, timeout_s] = pool
+        return pool
+
+
+def python_pool() -> GradingPool:
+    """The process-wide pool of python-tool workers (``lit_align.rewards._python_worker``). Each
+    worker enforces a call's own time limit on the child it forks; the pool's limit (60 s) only
+    catches a worker that stops answering."""
+    return worker_pool(
+        "lit_align.rewards._python_worker",
+        timeout_s=60.0,
+        failed={"output": "", "error": "crash"},
+        num_workers=int(os.environ.get("LIT_ALIGN_GRADER_WORKERS", "0")) or None,
+    )
