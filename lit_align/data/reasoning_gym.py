@@ -20,7 +20,7 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import parse_qsl
 
-from lit_align.data.sources import Example
+from lit_align.data.examples import Example
 from lit_align.rewards.reasoning_gym import GymAnswer, entry_json
 
 __all__ = ["PREFIX", "load_reasoning_gym", "parse_source"]

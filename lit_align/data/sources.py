@@ -22,10 +22,11 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from lit_align.data.examples import DataError, Example
 from lit_align.rewards.normalize import last_boxed
 
 log = logging.getLogger(__name__)
@@ -43,33 +44,6 @@ __all__ = [
 
 Layout = Literal["auto", "gsm8k", "math", "sft"]
 OnError = Literal["raise", "skip"]
-
-
-class DataError(ValueError):
-    """A malformed data row; the message names the file, the line, the field and the fix."""
-
-
-@dataclass
-class Example:
-    """One row of any source.
-
-    Attributes:
-        question: the problem text (formatted into a prompt by a template).
-        answer: ground truth: a string or a list of acceptable answers ("" when unknown).
-        response: the SFT target that follows the prompt, if any.
-        prompt: a prompt already formatted (SFT files); when set, templates are not applied.
-        metadata: anything else (reference solution, level, subject, source line…).
-        transcript: a multi-turn SFT target: chat messages after the prompt, the model's
-            (``assistant``) turns and the environment's messages between them (tool results,
-            never trained on); ``response`` is then its last turn.
-    """
-
-    question: str
-    answer: str | list[str] = ""
-    response: str | None = None
-    prompt: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    transcript: list[dict[str, str]] | None = None
 
 
 # ----------------------------------------------------------------------------- row parsers

@@ -8,7 +8,7 @@ import json
 import random
 from collections.abc import Callable
 
-from lit_align.data.sources import Example
+from lit_align.data.examples import Example
 from lit_align.environments.builtin_tools import calculator
 
 __all__ = ["TOOL_SHARE", "make_synthetic"]
