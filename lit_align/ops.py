@@ -46,30 +46,36 @@ def tokenize_prompt_and_output(
     Raises:
         ValueError: when the two lists differ in length or the tokenizer has no pad token.
     """
-    if len(prompt_strs) != len(output_strs):
+    _check_pairs(prompt_strs, output_strs, tokenizer)
+    outputs = tokenizer(output_strs, add_special_tokens=False)["input_ids"]
+    return _pack(prompt_strs, [(o, [True] * len(o)) for o in outputs], tokenizer)
+
+
+def _check_pairs(prompt_strs: list[str], outputs: list[Any], tokenizer: Any) -> None:
+    if len(prompt_strs) != len(outputs):
         raise ValueError(
             f"prompt_strs and output_strs must have the same length, got {len(prompt_strs)} "
-            f"and {len(output_strs)}"
+            f"and {len(outputs)}"
         )
     if tokenizer.pad_token_id is None:
         raise ValueError(
             "tokenizer has no pad token: set tokenizer.pad_token (load_model_and_tokenizer does)"
         )
+
+
+def _pack(
+    prompt_strs: list[str], outputs: list[tuple[list[int], list[bool]]], tokenizer: Any
+) -> dict[str, Tensor]:
+    """Prompt ids + each output's (ids, trained flags), right-padded; shifted by one."""
     prompts = tokenizer(prompt_strs, add_special_tokens=False)["input_ids"]
-    outputs = tokenizer(output_strs, add_special_tokens=False)["input_ids"]
-    lengths = [len(p) + len(o) for p, o in zip(prompts, outputs, strict=True)]
-    width = max(lengths, default=0)
+    width = max((len(p) + len(o) for p, (o, _) in zip(prompts, outputs, strict=True)), default=0)
     full = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    # Mask over `full` positions: 1 on output tokens.
+    # Mask over `full` positions: 1 on trained output tokens.
     out_mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+    for i, (p, (o, trained)) in enumerate(zip(prompts, outputs, strict=True)):
         full[i, : len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
-        out_mask[i, len(p) : len(p) + len(o)] = True
-    return {
-        "input_ids": full[:, :-1],
-        "labels": full[:, 1:],
-        "response_mask": out_mask[:, 1:],
-    }
+        out_mask[i, len(p) : len(p) + len(o)] = torch.tensor(trained, dtype=torch.bool)
+    return {"input_ids": full[:, :-1], "labels": full[:, 1:], "response_mask": out_mask[:, 1:]}
 
 
 def tokenize_prompt_and_turns(
@@ -80,22 +86,8 @@ def tokenize_prompt_and_turns(
     gives exactly what :func:`tokenize_prompt_and_output` gives."""
     if all(isinstance(o, str) for o in outputs):
         return tokenize_prompt_and_output(prompt_strs, list(outputs), tokenizer)  # type: ignore[arg-type]
-    if len(prompt_strs) != len(outputs):
-        raise ValueError(
-            f"prompt_strs and outputs must have the same length, got {len(prompt_strs)} "
-            f"and {len(outputs)}"
-        )
-    if tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer has no pad token: set tokenizer.pad_token")
-    prompts = tokenizer(prompt_strs, add_special_tokens=False)["input_ids"]
-    rows = [turn_ids(o, tokenizer) for o in outputs]
-    width = max(len(p) + len(ids) for p, (ids, _) in zip(prompts, rows, strict=True))
-    full = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    out_mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for i, (p, (ids, trained)) in enumerate(zip(prompts, rows, strict=True)):
-        full[i, : len(p) + len(ids)] = torch.tensor(p + ids, dtype=torch.long)
-        out_mask[i, len(p) : len(p) + len(ids)] = torch.tensor(trained, dtype=torch.bool)
-    return {"input_ids": full[:, :-1], "labels": full[:, 1:], "response_mask": out_mask[:, 1:]}
+    _check_pairs(prompt_strs, outputs, tokenizer)
+    return _pack(prompt_strs, [turn_ids(o, tokenizer) for o in outputs], tokenizer)
 
 
 def turn_ids(output: str | Turns, tokenizer: Any) -> tuple[list[int], list[bool]]:
