@@ -128,6 +128,12 @@ class RolloutData(TaskData, Protocol):
         """The current round (None before the first)."""
         ...
 
+    @property
+    def max_staleness(self) -> int:
+        """Optimizer steps allowed between a round's sampling weights and its training (0:
+        every round is sampled by the policy that trains on it)."""
+        ...
+
 
 @runtime_checkable
 class RoundProducer(Protocol):
@@ -164,7 +170,8 @@ def round_data(trainer: Any) -> RolloutData:
     return _side(
         getattr(trainer, "datamodule", None),
         RolloutData,
-        "TaskData plus micro_batch_size, steps_per_round and buffer (the round), as "
+        "TaskData plus micro_batch_size, steps_per_round, buffer (the round) and "
+        "max_staleness, as "
         "lit_align.data.RolloutDataModule does",
         "the DataModule",
     )

@@ -292,8 +292,8 @@ def policy_loss(
     Returns:
         (scalar loss, metrics): ``pg_loss``, ``kl`` (masked mean), ``clip_frac``,
         ``clip_frac_low``, ``clip_frac_high``, ``ratio_min``/``ratio_mean``/``ratio_max`` (masked),
-        ``clip_frac_dual`` (with ``clip_ratio_c``), ``tis_weight_mean`` and, in mask mode,
-        ``tis_masked_frac`` — all detached; ratio/clip metrics only for ratio-based types.
+        ``clip_frac_dual`` (with ``clip_ratio_c``), ``tis_weight_mean`` and
+        ``tis_capped_frac`` (truncate mode) or ``tis_masked_frac`` (mask mode) — all detached; ratio/clip metrics only for ratio-based types.
     """
     c = config or LossConfig()
     check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
@@ -329,6 +329,9 @@ def policy_loss(
         metrics["tis_weight_mean"] = guarded_masked_mean(tis_w, mask).detach()
         if c.tis_mode == "mask":
             metrics["tis_masked_frac"] = guarded_masked_mean((tis_w == 0).to(mask.dtype), mask)
+        else:  # tokens (or sequences) whose weight the cap truncated
+            capped = (tis_w >= c.tis_cap).to(mask.dtype)
+            metrics["tis_capped_frac"] = guarded_masked_mean(capped, mask).detach()
 
     metrics["pg_loss"] = aggregate_loss(
         per_token, mask, c.aggregation, c.normalize_constant, token_normalizer, sequence_normalizer

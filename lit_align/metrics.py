@@ -39,6 +39,8 @@ __all__ = [
     "PEAK_RSS_GIB",
     "PER_RECORD",
     "PG_LOSS",
+    "PRODUCER_IDLE_S",
+    "REGENERATED",
     "RESPONSE_TOKENS",
     "REWARD",
     "REWARD_STD_IN_GROUP",
@@ -48,6 +50,10 @@ __all__ = [
     "ROLLOUT_FRACTION",
     "ROLLOUT_LENGTH",
     "ROLLOUT_S",
+    "ROUND_SAMPLES_PER_S",
+    "ROUND_TOKENS_PER_S",
+    "STALENESS_MAX",
+    "STALENESS_MEAN",
     "TIME",
     "TOKENS_PER_S",
     "TOKEN_ENTROPY",
@@ -55,6 +61,7 @@ __all__ = [
     "TOOL_CALL_RATE",
     "TOOL_ERRORS",
     "TRAIN",
+    "TRAINER_WAIT_S",
     "TRAIN_S",
     "TRAIN_TOKENS_PER_S",
     "TURNS",
@@ -119,6 +126,14 @@ TRAIN_S = "time/train_s"  # seconds of a round's optimizer steps
 ROLLOUT_FRACTION = "time/rollout_fraction"
 ENGINE_MISMATCH = "train/engine_logprob_mismatch"  # nats/token, engine vs trainer, same weights
 KL_TO_ROLLOUT = "train/kl_to_rollout"  # k3 KL of the policy to the one that sampled the round
+# async/: rounds generated ahead of training (max_staleness >= 1), per round
+STALENESS_MEAN = "async/staleness_mean"  # optimizer steps from the sampling weights to training
+STALENESS_MAX = "async/staleness_max"
+TRAINER_WAIT_S = "async/trainer_wait_s"  # seconds training waited for this round's rollouts
+PRODUCER_IDLE_S = "async/producer_idle_s"  # seconds the producer sat idle before its next job
+REGENERATED = "async/regenerated_samples"  # samples past the staleness bound, made again
+ROUND_SAMPLES_PER_S = "async/samples_per_s"  # trained samples / seconds since the last round start
+ROUND_TOKENS_PER_S = "async/tokens_per_s"  # their sampled tokens / the same seconds
 GRADER_TIMEOUTS_KEY = "grader_timeouts"  # answers scored 0 because grading ran out of time
 GRADER_TIMEOUTS = "reward/" + GRADER_TIMEOUTS_KEY  # per round; lit_align eval writes it too
 

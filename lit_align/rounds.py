@@ -57,6 +57,9 @@ class Rollout:
     # Per completion token, 1 if the model sampled it, 0 if an environment added it (tool
     # results: inputs only, never trained on). None: every token was sampled (single turn).
     sampled: list[int] | None = None
+    # The optimizer step of the weights that sampled it (the engine's weight_version): every
+    # token of a round comes from one version, since weights never change during a round.
+    version: int | None = None
 
     @property
     def sampled_tokens(self) -> int:
@@ -135,6 +138,7 @@ def run_round(
     """
     options = advantages or AdvantageConfig()
     setting = episodes or EpisodeSettings()
+    version = engine.weight_version
     engine.wake_up()
     start = time.perf_counter()
     done = run_episodes(
@@ -169,6 +173,7 @@ def run_round(
                 not dropped,
                 truncated,
                 done[k].sampled if done[k].environment_tokens else None,
+                version,
             )
         )
     metrics = _round_metrics(samples, records, reward_metrics, adv_metrics, seconds)

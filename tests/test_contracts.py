@@ -31,6 +31,7 @@ class HandMadeRounds(L.LightningDataModule):
     """Serves the same two hand-made groups every round; owns an HF engine for validation."""
 
     micro_batch_size = 2
+    max_staleness = 0  # synchronous: each round sampled by the weights that train on it
     evaluator = DistinctCharacters()
 
     def __init__(self) -> None:
@@ -136,7 +137,10 @@ def test_a_datamodule_without_the_contract_is_named_with_what_it_lacks():
     trainer = cpu_trainer()
     trainer.datamodule = SFTDataModule(train_source="synthetic:addition", template="demo")
     task_data(trainer)  # an SFT DataModule is TaskData…
-    with pytest.raises(TypeError, match=r"micro_batch_size, steps_per_round and buffer"):
+    with pytest.raises(
+        TypeError,
+        match=r"micro_batch_size, steps_per_round, buffer \(the round\) and max_staleness",
+    ):
         round_data(trainer)  # …but serves no rounds
     trainer.datamodule = object()
     with pytest.raises(TypeError, match=r"the DataModule is object; it must provide evaluator"):

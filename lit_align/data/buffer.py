@@ -55,7 +55,9 @@ class RolloutBuffer(Dataset):
         Returns ``input_ids``/``labels`` (B, L), ``response_mask`` (B, L) (zero for dropped
         samples), ``completion_mask`` (B, L) (1 on the tokens the model sampled: an episode's
         environment tokens are 0), ``advantages``/``raw_rewards`` (B, 1),
-        ``rollout_log_probs`` (B, L), stored per-round log-probs, the normalizers and ``indices``.
+        ``rollout_log_probs`` (B, L), stored per-round log-probs, ``weight_version`` (B,) (the
+        optimizer step whose weights sampled each sample; -1: not known), the normalizers and
+        ``indices``.
         """
         keys = [(k, None, None) if isinstance(k, int) else k for k in items]
         indices = [k[0] for k in keys]
@@ -87,6 +89,7 @@ class RolloutBuffer(Dataset):
             "advantages": torch.tensor([r.advantage for r in rows]).unsqueeze(-1),
             "raw_rewards": torch.tensor([r.reward for r in rows]).unsqueeze(-1),
             "rollout_log_probs": rollout_lp,
+            "weight_version": torch.tensor([-1 if r.version is None else r.version for r in rows]),
             "indices": indices,
             "sequence_normalizer": keys[0][1],
             "token_normalizer": keys[0][2],
