@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 2026-12-03 machine (2 cores), before the pins.
 FIGURES: dict[str, dict[str, float]] = {
     "AVX512": {
-        "grpo_demo_round20_val_accuracy": 0.582,
+        "grpo_demo_round15_val_accuracy": 0.492,
+        "grpo_async_demo_round15_val_accuracy": 0.539,
         "grpo_demo_vllm_round15_val_accuracy": 0.547,
         "grpo_lora_demo_final_val_accuracy": 0.559,
         "grpo_lora_demo_vllm_final_val_accuracy": 0.531,

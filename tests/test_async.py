@@ -14,6 +14,7 @@ from lit_align.data.producer import AsyncProducer, round_version, rounds_ahead
 from lit_align.losses import LossConfig
 from lit_align.metrics import ENGINE_MISMATCH, REGENERATED, STALENESS_MAX, STALENESS_MEAN
 from lit_align.modules import GRPOModule
+from lit_align.rounds import Rollout, Round
 from tests.helpers import DistinctCharacters, cpu_trainer, tiny_rollout_data
 
 
@@ -116,9 +117,13 @@ def test_staleness_1_is_deterministic_bounded_and_corrected():
     assert untimed[0] == untimed[1]
     assert [m[STALENESS_MEAN] for m in first.metrics] == [0.0, 1.0, 1.0, 1.0]
     assert all(m[STALENESS_MAX] <= 1 for m in first.metrics)
-    # TIS is on by default (cap 2) and logs its weight and the truncated fraction
+    # TIS is on by default (cap 2) and logs its weight and the truncated fraction: 1 where the
+    # engine sampled with the weights being trained (round 0), off 1 on stale rounds
     assert module_a.loss.tis_cap == 2.0
     assert {"train/tis_weight_mean", "train/tis_capped_frac"} <= set(first.steps[-1])
+    weights = [s["train/tis_weight_mean"] for s in first.steps]  # 4 micro-batches per round
+    assert all(abs(w - 1.0) < 1e-5 for w in weights[:4])
+    assert max(abs(w - 1.0) for w in weights[4:]) > 1e-3
     # the engine-vs-trainer gap is measured on fresh samples only: round 0
     fresh = [s for s in first.steps if ENGINE_MISMATCH in s]
     assert fresh and first.steps[0][ENGINE_MISMATCH] < 1e-4
@@ -220,6 +225,13 @@ def test_bad_staleness_fails_at_construction_with_the_fix(kwargs, message):
         tiny_rollout_data(**kwargs)
 
 
+def test_producer_threads_are_refused_on_vllm():
+    from lit_align.engines import EngineConfig
+
+    with pytest.raises(ValueError, match=r"producer_threads is for the HF engine"):
+        tiny_rollout_data(max_staleness=1, producer_threads=1, engine=EngineConfig(backend="vllm"))
+
+
 def test_several_ranks_are_refused_with_the_fix():
     dm = tiny_rollout_data(max_staleness=1)
     with pytest.raises(ValueError, match=r"single process; with 2 ranks set max_staleness: 0"):
@@ -229,7 +241,6 @@ def test_several_ranks_are_refused_with_the_fix():
 def test_the_schedule_and_the_producer_state_round_trip():
     assert [round_version(j, 1, 2) for j in range(4)] == [0, 0, 2, 4]
     assert rounds_ahead(0, 2, stop=10) == [1, 2] and rounds_ahead(8, 2, stop=10) == [9]
-    from lit_align.rounds import Rollout, Round
 
     producer = AsyncProducer()
     sample = Rollout([1, 2], [3], 0.5, 1.0, [-0.25], True, False, None, 7)
@@ -241,3 +252,34 @@ def test_the_schedule_and_the_producer_state_round_trip():
     (got,) = restored.ready.values()
     assert got.version == 7 and got.round.samples == [sample]
     assert got.round.records[0]["response"] == "3" and got.round.metrics == made.metrics
+
+
+@pytest.mark.slow
+def test_the_async_demo_learns_one_round_ahead(demo_dir, monkeypatch):
+    """The README's demo with configs/demo/overlays/async.yaml: the first 15 of its 30 rounds
+    (deterministic; CI time), every round after the first sampled one step stale, checked against
+    the README's round-15 accuracy (~1 min with the shared warm start)."""
+    from tests.helpers import check_demo_accuracy, fit_demo
+
+    monkeypatch.chdir(demo_dir)
+    _, scalars = fit_demo(
+        "demo_grpo_async",
+        "configs/demo/grpo.yaml",
+        "configs/demo/overlays/async.yaml",
+        "--trainer.max_epochs=15",
+    )
+    check_demo_accuracy(scalars, "grpo_async_demo_round15_val_accuracy")
+    assert scalars[STALENESS_MEAN] == [0.0] + [1.0] * 14
+    assert scalars[REGENERATED] == [0.0] * 15
+    assert len(scalars["train/tis_weight_mean"]) == 15 and "train/tis_capped_frac" in scalars
+    assert len(scalars[ENGINE_MISMATCH]) == 1  # fresh samples: round 0's only
+    for tag in ("async/trainer_wait_s", "async/producer_idle_s", "async/samples_per_s"):
+        assert tag in scalars, tag
+
+
+def test_the_producer_thread_has_its_own_torch_threads():
+    seen = []
+    producer = AsyncProducer(threads=1)
+    producer.submit([0], 0, lambda j: seen.append(torch.get_num_threads()) or Round([], [], {}))
+    producer.wait()
+    assert seen == [1] and producer.take(0) is not None

@@ -42,11 +42,17 @@ def _save(path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served_path(tmp_path_factory):
+    """The tiny Qwen2's folder, with the policy and tokenizer saved in it."""
+    path = tmp_path_factory.mktemp("tiny_vllm")
+    return path, *_save(path)
+
+
+@pytest.fixture(scope="module")
+def served(served_path):
     """(policy, tokenizer, engine) on one tiny Qwen2; tests sync the engine to what they need."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    path = tmp_path_factory.mktemp("tiny_vllm")
-    model, tok = _save(path)
+    path, model, tok = served_path
     engine = build_engine(ENGINE, None, tok, str(path))
     return model, tok, engine
 
@@ -123,6 +129,51 @@ def test_a_round_larger_than_one_scheduler_step(served):
     prompts = [[1 + i % 97, *range(2, 21)] for i in range(300)]
     out = engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=4, seed=9))
     assert len(out) == 600 and all(1 <= len(c.token_ids) <= 4 for c in out)
+
+
+def _rounds_on(engine, path, max_staleness):
+    """Three GRPO rounds at learning rate 0 on the shared engine: (samples of each round, the
+    engine-vs-trainer gap of each logged step)."""
+    import lightning as L
+
+    from lit_align.modules import GRPOModule
+    from tests.helpers import cpu_trainer, tiny_rollout_data
+
+    class Keep(L.Callback):
+        def __init__(self):
+            self.rounds, self.gaps = [], []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            samples = trainer.datamodule.latest_round.samples
+            self.rounds.append(
+                [(s.completion_ids, s.rollout_log_probs, s.version) for s in samples]
+            )
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            gap = trainer.callback_metrics.get("train/engine_logprob_mismatch")
+            self.gaps.append(None if gap is None else float(gap))
+
+    module = GRPOModule(str(path), dtype="float32", optimizer=lambda p: torch.optim.AdamW(p, lr=0))
+    sync_weights(engine, module.model, step=-1)  # a version no run has: the fit syncs at step 0
+    data = tiny_rollout_data(
+        max_staleness=max_staleness, sampling=SamplingConfig(max_new_tokens=8, min_new_tokens=1)
+    )
+    data._engine = engine  # the module's shared engine (one vLLM engine per process)
+    keep = Keep()
+    cpu_trainer([keep], max_epochs=3).fit(module, data)
+    return keep.rounds, keep.gaps
+
+
+def test_rounds_made_ahead_on_vllm_equal_synchronous_ones_at_fixed_weights(served, served_path):
+    """max_staleness 1 on the real engine: a producer thread drives vLLM while the trainer trains.
+    At learning rate 0 every weight version is the same weights, so each round must equal the
+    synchronous run's token for token (contents never depend on the thread or its timing)."""
+    _, _, engine = served
+    sync, _ = _rounds_on(engine, served_path[0], 0)
+    ahead, gaps = _rounds_on(engine, served_path[0], 1)
+    assert [[s[:2] for s in r] for r in ahead] == [[s[:2] for s in r] for r in sync]
+    assert [r[0][2] for r in ahead] == [0, 0, 1]  # round j sampled by the weights of step j - 1
+    assert gaps[0] is not None and gaps[0] < 1e-4  # round 0: engine and trainer agree
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from lit_align.rounds import Rollout, Round
 
 __all__ = ["AsyncProducer", "Produced", "round_version", "rounds_ahead"]
@@ -53,9 +55,14 @@ class AsyncProducer:
     The owner (the DataModule) calls :meth:`wait` before it touches the engine (a weight sync,
     validation), :meth:`take` a round when its training starts, and :meth:`submit` the next
     rounds after syncing the engine. One job runs at a time: the engine is shared.
+
+    Args:
+        threads: torch intra-op threads of the producer's thread (``torch.set_num_threads`` is
+            per thread); None: the process's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
         self.ready: dict[int, Produced] = {}
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -76,6 +83,8 @@ class AsyncProducer:
         idle = 0.0 if self._idle_since is None else now - self._idle_since
 
         def work() -> None:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
             try:
                 for j in rounds:
                     self.ready[j] = Produced(make(j), version)

@@ -79,6 +79,10 @@ class RolloutDataModule(TaskDataModule):
             default). A produced round that would exceed the bound (a resumed run with a lower
             bound) is generated again from the current weights and counted
             (``async/regenerated_samples``); nothing is dropped. Single process only.
+        producer_threads: torch threads of the producer's thread (None: the process's
+            ``--threads``). Where the trainer already uses every core, the two only overlap
+            when the cores are split (e.g. ``--threads 1`` and ``producer_threads: 1``). HF
+            engine only: vLLM's CPU attention requires the threads it was built with.
         **kwargs: validation, template, evaluator, engine… (see
             :class:`~lit_align.data.base.TaskDataModule`).
     """
@@ -98,6 +102,7 @@ class RolloutDataModule(TaskDataModule):
         zero_signal_rounds: int | None = 3,
         stop_on_zero_signal: bool = False,
         max_staleness: int = 0,
+        producer_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         moved = [k for k in kwargs if k in ADVANTAGE_FIELDS | {"advantage_eps"}]
@@ -132,7 +137,14 @@ class RolloutDataModule(TaskDataModule):
         self._check_sizes(world_size=1)
         self.sampling = self.group_sampling(sampling, group_size, "round")
         # rounds made ahead of training (None: synchronous rounds, today's path)
-        self._producer = AsyncProducer() if max_staleness else None
+        check_counts("RolloutDataModule", producer_threads=producer_threads)
+        if producer_threads is not None and self.engine_config.backend == "vllm":
+            raise ValueError(
+                "RolloutDataModule: producer_threads is for the HF engine; vLLM's CPU attention "
+                "kernel fails when called with other threads than it was built with (and on GPU "
+                "they do not matter): remove producer_threads"
+            )
+        self._producer = AsyncProducer(producer_threads) if max_staleness else None
         self._last_round_start: float | None = None
 
     # ------------------------------------------------------------------ sizes
