@@ -124,6 +124,8 @@ def test_staleness_1_is_deterministic_bounded_and_corrected():
     weights = [s["train/tis_weight_mean"] for s in first.steps]  # 4 micro-batches per round
     assert all(abs(w - 1.0) < 1e-5 for w in weights[:4])
     assert max(abs(w - 1.0) for w in weights[4:]) > 1e-3
+    # one step per round: the proximal policy is the policy being trained (ratio 1, no extra pass)
+    assert {s["train/ratio_mean"] for s in first.steps} == {1.0}
     # the engine-vs-trainer gap is measured on fresh samples only: round 0
     fresh = [s for s in first.steps if ENGINE_MISMATCH in s]
     assert fresh and first.steps[0][ENGINE_MISMATCH] < 1e-4
