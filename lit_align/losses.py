@@ -293,7 +293,8 @@ def policy_loss(
         (scalar loss, metrics): ``pg_loss``, ``kl`` (masked mean), ``clip_frac``,
         ``clip_frac_low``, ``clip_frac_high``, ``ratio_min``/``ratio_mean``/``ratio_max`` (masked),
         ``clip_frac_dual`` (with ``clip_ratio_c``), ``tis_weight_mean`` and
-        ``tis_capped_frac`` (truncate mode) or ``tis_masked_frac`` (mask mode) — all detached; ratio/clip metrics only for ratio-based types.
+        ``tis_capped_frac`` (truncate mode) or ``tis_masked_frac`` (mask mode) — all detached;
+        ratio/clip metrics only for ratio-based types.
     """
     c = config or LossConfig()
     check_same_shape("response_mask", response_mask, "policy_log_probs", policy_log_probs)
